@@ -1,0 +1,63 @@
+"""`pm`: one entry point; each concern registers its subcommands from `pm/commands/`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pm.config import load_config
+from pm.errors import PmError
+
+__all__ = ["main", "COMMAND_MODULES"]
+
+# Each module exposes `register(subparsers, common)`; order is the order in `pm --help`.
+COMMAND_MODULES = (
+    "pm.commands.broker",
+    "pm.commands.topics",
+    "pm.commands.emit",
+)
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand accepts; they override environment and config file."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("configuration (flags > PM_* environment > config file > defaults)")
+    group.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (PM_BOOTSTRAP)")
+    group.add_argument("--prefix", dest="topic_prefix", default=None, help="topic name prefix (PM_TOPIC_PREFIX)")
+    group.add_argument("--state-dir", type=Path, default=None, help="RocksDB stores and ledgers (PM_STATE_DIR)")
+    group.add_argument("--config", type=Path, default=None, help="config file (PM_CONFIG, else ./pm.yaml)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pm", description="An event-sourced process manager on Kafka.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _common_options()
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(
+            config_file=args.config,
+            bootstrap=args.bootstrap,
+            topic_prefix=args.topic_prefix,
+            state_dir=args.state_dir,
+        )
+        return int(args.handler(args, config) or 0)
+    except PmError as exc:
+        print(f"pm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

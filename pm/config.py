@@ -1,0 +1,182 @@
+"""One configuration for every `pm` command.
+
+Precedence, highest first: explicit overrides (CLI flags), environment variables
+(`PM_*`), the config file (`PM_CONFIG`, else `./pm.yaml` when present), defaults.
+librdkafka settings pass through untouched from the config file's `kafka:` map
+and from `PM_KAFKA_<SETTING>` variables (`PM_KAFKA_SASL_MECHANISM=PLAIN` becomes
+`sasl.mechanism=PLAIN`), so SASL/TLS need no code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pm.errors import PmError
+
+__all__ = ["Config", "ConfigError", "load_config", "DEFAULT_PORT"]
+
+DEFAULT_PORT = 9092
+_KAFKA_ENV_PREFIX = "PM_KAFKA_"
+
+
+class ConfigError(PmError, ValueError):
+    """A configuration value is missing or malformed; the message says which."""
+
+
+@dataclass(frozen=True)
+class Config:
+    bootstrap: str = ""
+    topic_prefix: str = ""
+    state_dir: Path = Path(".pm")
+    instance_id: str = "pm-0"
+    kafka: Mapping[str, str] = field(default_factory=dict)
+    # Step side
+    llm_base_url: str = ""
+    llm_model: str = "gpt-4o-mini"
+    openai_api_key: str = ""
+    order_service_url: str = "http://127.0.0.1:8765"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 8025
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    smtp_ssl: bool = False
+    reply_from: str = "support@example.com"
+    # Approvals
+    approval_keys: Mapping[str, str] = field(default_factory=dict)
+    reviewers: tuple[str, ...] = ()
+    # Latency knob for local brokers (see shared notes: Tansu answers waiting fetches late).
+    fetch_wait_max_ms: int = 100
+
+    def topic(self, name: str) -> str:
+        """The physical topic name for a logical one (`cmd.classify` -> `<prefix>cmd.classify`)."""
+        return f"{self.topic_prefix}{name}"
+
+    def logical_topic(self, physical: str) -> str:
+        """Inverse of `topic`."""
+        if self.topic_prefix and physical.startswith(self.topic_prefix):
+            return physical[len(self.topic_prefix) :]
+        return physical
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A copy with the non-None overrides applied (CLI flags)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def resolved_bootstrap(self) -> str:
+        """Bootstrap servers; when unset, the local broker `pm broker start` recorded, else the default port."""
+        if self.bootstrap:
+            return self.bootstrap
+        info = self.state_dir / "broker.json"
+        if info.exists():
+            try:
+                return str(json.loads(info.read_text())["bootstrap"])
+            except (ValueError, KeyError):
+                pass
+        return f"127.0.0.1:{DEFAULT_PORT}"
+
+
+_ENV_FIELDS: dict[str, str] = {
+    "PM_BOOTSTRAP": "bootstrap",
+    "PM_TOPIC_PREFIX": "topic_prefix",
+    "PM_STATE_DIR": "state_dir",
+    "PM_INSTANCE_ID": "instance_id",
+    "PM_LLM_BASE_URL": "llm_base_url",
+    "PM_LLM_MODEL": "llm_model",
+    "OPENAI_API_KEY": "openai_api_key",
+    "PM_ORDER_SERVICE_URL": "order_service_url",
+    "PM_SMTP_HOST": "smtp_host",
+    "PM_SMTP_PORT": "smtp_port",
+    "PM_SMTP_USER": "smtp_user",
+    "PM_SMTP_PASSWORD": "smtp_password",
+    "PM_SMTP_STARTTLS": "smtp_starttls",
+    "PM_SMTP_SSL": "smtp_ssl",
+    "PM_REPLY_FROM": "reply_from",
+    "PM_APPROVAL_KEYS": "approval_keys",
+    "PM_REVIEWERS": "reviewers",
+    "PM_FETCH_WAIT_MAX_MS": "fetch_wait_max_ms",
+}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a raw file/env value into the field's type, with an error naming the setting."""
+    kinds = {f.name: f.type for f in fields(Config)}
+    kind = str(kinds[name])
+    try:
+        if kind == "Path":
+            return Path(str(raw))
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            return raw if isinstance(raw, bool) else str(raw).strip().lower() in {"1", "true", "yes", "on"}
+        if name == "approval_keys":
+            return _parse_keys(raw)
+        if name == "reviewers":
+            items = raw if isinstance(raw, list) else str(raw).split(",")
+            return tuple(s.strip() for s in items if str(s).strip())
+        if name == "kafka":
+            return {str(k): str(v) for k, v in dict(raw).items()}
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {raw!r}: {exc}") from exc
+
+
+def _parse_keys(raw: Any) -> dict[str, str]:
+    """`kid1:secret1,kid2:secret2` (env) or a mapping (file)."""
+    if isinstance(raw, Mapping):
+        return {str(k): str(v) for k, v in raw.items()}
+    keys: dict[str, str] = {}
+    for item in str(raw).split(","):
+        if not item.strip():
+            continue
+        kid, sep, secret = item.partition(":")
+        if not sep or not kid.strip() or not secret.strip():
+            raise ValueError("expected KEY_ID:SECRET[,KEY_ID:SECRET...]")
+        keys[kid.strip()] = secret.strip()
+    return keys
+
+
+def _file_values(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    known = {f.name for f in fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown settings {unknown}; known: {sorted(known)}")
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def load_config(
+    env: Mapping[str, str] | None = None, config_file: Path | None = None, **overrides: Any
+) -> Config:
+    """Build the configuration: overrides > environment > config file > defaults."""
+    env = os.environ if env is None else env
+    if config_file is None:
+        named = env.get("PM_CONFIG")
+        if named:
+            config_file = Path(named)
+        elif Path("pm.yaml").exists():
+            config_file = Path("pm.yaml")
+    values = _file_values(config_file)
+    kafka = dict(values.get("kafka", {}))
+    for key, value in env.items():
+        if key in _ENV_FIELDS and value != "":
+            values[_ENV_FIELDS[key]] = _coerce(_ENV_FIELDS[key], value)
+        elif key.startswith(_KAFKA_ENV_PREFIX):
+            kafka[key[len(_KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
+    values["kafka"] = kafka
+    return Config(**values).with_overrides(**overrides)

@@ -1,0 +1,95 @@
+"""The process definition API: a state model plus a pure `decide`.
+
+`decide(state, event) -> Decision` must not touch Kafka, clocks or randomness:
+time comes from `event.occurred_at`, IDs from `derive_id` / `command_id`.
+The runtime owns all I/O; a definition is pure data and functions, so a new
+process needs nothing from `pm/` internals (see tests for a second process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from pm.events import Event, TimerSpec
+
+__all__ = [
+    "Status",
+    "TERMINAL",
+    "ProcessState",
+    "Decision",
+    "ProcessDefinition",
+    "Upcaster",
+]
+
+
+class Status(StrEnum):
+    RUNNING = "running"
+    WAITING_FOR_APPROVAL = "waiting_for_approval"
+    SENT = "sent"
+    REJECTED = "rejected"
+    ESCALATED = "escalated"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset({Status.SENT, Status.REJECTED, Status.ESCALATED, Status.FAILED})
+
+
+class ProcessState(BaseModel):
+    """Base of every process state: frozen, with the fields the runtime and CLI rely on."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    correlation_id: str
+    status: Status = Status.RUNNING
+    reason: str | None = None  # why terminal (escalated / failed / rejected), for humans
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+S = TypeVar("S", bound=ProcessState)
+
+
+@dataclass(frozen=True)
+class Decision(Generic[S]):
+    """What `decide` returns. `rejection` set means: the event is recorded but not applied (state unchanged)."""
+
+    state: S
+    commands: tuple[Event, ...] = ()  # produced to cmd.<step>
+    publish: tuple[Event, ...] = ()  # produced to their own topic (e.g. approvals.requested)
+    schedule: tuple[TimerSpec, ...] = ()
+    cancel: tuple[str, ...] = ()  # timer IDs
+    rejection: str | None = None
+
+
+Upcaster = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+
+
+class ProcessDefinition(Protocol[S]):
+    """What the runtime needs from a process. Implement it as a module-level object."""
+
+    name: str
+    version: int
+    state_type: type[S]
+    # State upcasters keyed by the version they upgrade *from*: a process that started on
+    # version v keeps deciding with `version` once upcasters v -> v+1 -> ... exist.
+    upcasters: Mapping[int, Upcaster]
+
+    def starts(self, event: Event) -> bool:
+        """True when `event` opens a new process of this kind (for an unknown correlation ID)."""
+        ...
+
+    def initial_state(self, event: Event) -> S:
+        """The state before the starting event is decided."""
+        ...
+
+    def decide(self, state: S, event: Event) -> Decision[S]:
+        """Pure: no I/O, no clock, no randomness."""
+        ...
+
