@@ -20,8 +20,8 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 
 from pm.config import Config
-from pm.kafka import wait_for_broker
 from pm.errors import PmError
+from pm.kafka import wait_for_broker
 
 __all__ = ["LocalBroker", "BrokerError", "start_broker", "stop_broker", "broker_status", "free_port"]
 

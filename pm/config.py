@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from pm.errors import PmError
 
 __all__ = ["Config", "ConfigError", "load_config", "DEFAULT_PORT"]

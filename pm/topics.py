@@ -11,8 +11,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pm.config import Config
-from pm.kafka import make_admin
 from pm.errors import PmError
+from pm.kafka import make_admin
 
 __all__ = [
     "TopicSpec",
