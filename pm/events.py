@@ -33,6 +33,8 @@ __all__ = [
     "RefundPolicy",
     "Draft",
     "TimerSpec",
+    "CommandPayload",
+    "ResultPayload",
     # inputs from upstream
     "EmailReceived",
     "EmailReceivedPayload",
@@ -65,6 +67,8 @@ __all__ = [
     "ApprovalRequestedPayload",
     "ApprovalDecided",
     "ApprovalDecidedPayload",
+    "ApprovalReminder",
+    "ApprovalReminderPayload",
     # timers
     "TimerScheduled",
     "TimerCancelled",
@@ -450,6 +454,22 @@ class ApprovalRequested(Event):
     TYPE = "ApprovalRequested"
     TOPIC = "approvals.requested"
     payload: ApprovalRequestedPayload
+
+
+class ApprovalReminderPayload(Model):
+    approval_id: str
+    requested_at: Timestamp
+    deadline: Timestamp
+    reminder: int = Field(ge=1)  # how many reminders so far
+
+
+@event_type
+class ApprovalReminder(Event):
+    """Published when an approval is still pending at its reminder time."""
+
+    TYPE = "ApprovalReminder"
+    TOPIC = "approvals.requested"
+    payload: ApprovalReminderPayload
 
 
 @event_type
