@@ -18,6 +18,12 @@ COMMAND_MODULES = (
     "pm.commands.broker",
     "pm.commands.topics",
     "pm.commands.emit",
+    "pm.commands.demo",
+    "pm.commands.bench",
+    "pm.commands.approvals",
+    "pm.commands.run",
+    "pm.commands.processes",
+    "pm.commands.replay",
 )
 
 

@@ -137,6 +137,8 @@ class Email(Model):
     body: str
     received_at: Timestamp
     order_id: str | None = None
+    # Schema v2 (the evolution example): upstream tags; v1 records read with the default [].
+    labels: list[str] = Field(default_factory=list)
 
 
 class LlmCall(Model):
@@ -249,6 +251,7 @@ class EmailReceivedPayload(Email):
 @event_type
 class EmailReceived(Event):
     TYPE = "EmailReceived"
+    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
     TOPIC = "email.received"
     payload: EmailReceivedPayload
 
@@ -300,6 +303,7 @@ class _Command(Event):
 @event_type
 class ClassifyEmail(_Command):
     TYPE = "ClassifyEmail"
+    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
     STEP = Step.CLASSIFY
     payload: ClassifyEmailPayload
 
@@ -321,6 +325,7 @@ class FetchRefundPolicy(_Command):
 @event_type
 class DraftReply(_Command):
     TYPE = "DraftReply"
+    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
     STEP = Step.DRAFT_REPLY
     payload: DraftReplyPayload
 
@@ -452,6 +457,7 @@ class ApprovalDecidedPayload(Model):
 @event_type
 class ApprovalRequested(Event):
     TYPE = "ApprovalRequested"
+    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
     TOPIC = "approvals.requested"
     payload: ApprovalRequestedPayload
 

@@ -1,0 +1,574 @@
+"""The step-consumer base: `cmd.<step>` in, one result per command on `step.results`, at-least-once, idempotent.
+
+One thread owns the Kafka consumer and producer (poll, publish, commit, pause/resume);
+a bounded pool of worker threads runs `handler.handle`, which may block on I/O for
+seconds. Per record:
+
+1. decode (`pm.codec`); undecodable or not this step's command -> `pm.dlq` with reason headers;
+2. look the command ID up in the ledger: completed -> re-publish the recorded result bytes,
+   never run the handler again; a command already in flight here -> wait for that run;
+3. otherwise run the handler in the pool: `TransientError` retried with exponential backoff and
+   full jitter up to a budget, then a failed result with `retryable=True`; `PermanentError` and
+   unexpected exceptions -> a failed result with `retryable=False`;
+4. record the result in the ledger, publish it keyed by correlation ID, and once the broker
+   acknowledged it mark the record done.
+
+Offsets are committed per partition up to the first record that is not done, so a slow
+command never blocks other correlation IDs and a crash never skips an unfinished one
+(redelivery is safe: the ledger answers). When `concurrency` commands are in flight the
+assigned partitions are paused, and resumed when a slot frees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import signal
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from opentelemetry.trace import Status, StatusCode
+
+from consumers.ledger import Ledger, ledger_path
+from consumers.step import PermanentError, StepHandler, TransientError, failed_result
+from pm import telemetry
+from pm.codec import CodecError, decode, encode
+from pm.config import Config
+from pm.events import CommandPayload, DlqRecord, DlqRecordPayload, Event, Step, derive_id
+from pm.kafka import make_consumer, make_producer
+
+__all__ = [
+    "RetryPolicy",
+    "LedgerAware",
+    "OffsetTracker",
+    "StepConsumer",
+    "dead_letter",
+    "run_step_consumer",
+]
+
+log = logging.getLogger("pm.consumers")
+
+Headers = telemetry.Headers
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Transient-error budget: `tries` calls in all, sleeping `uniform(0, min(max_delay, base_delay * 2**n))`."""
+
+    tries: int = 4
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        """Full jitter (AWS architecture blog): spreads retries of many workers hitting the same outage."""
+        return rng.uniform(0.0, min(self.max_delay, self.base_delay * (2 ** max(0, failures - 1))))
+
+
+@runtime_checkable
+class LedgerAware(Protocol):
+    """A handler that marks intermediate ledger states itself (send-email: `sending` / `sent`).
+
+    The base calls `use_ledger` once, before the first `handle`, with the consumer's ledger.
+    """
+
+    def use_ledger(self, ledger: Ledger) -> None: ...
+
+
+class OffsetTracker:
+    """Per partition, the offsets received in order and whether each is done; commits the contiguous prefix."""
+
+    def __init__(self) -> None:
+        self._offsets: dict[TP, OrderedDict[int, bool]] = {}
+        self._position: dict[TP, int] = {}  # next offset to commit
+        self._dirty: set[TP] = set()
+
+    def add(self, tp: TP, offset: int) -> None:
+        self._offsets.setdefault(tp, OrderedDict())[offset] = False
+
+    def done(self, tp: TP, offset: int) -> None:
+        offsets = self._offsets.get(tp)
+        if offsets is None or offset not in offsets:
+            return  # partition revoked meanwhile: its new owner redoes it (the ledger answers)
+        offsets[offset] = True
+        while offsets:
+            first, finished = next(iter(offsets.items()))
+            if not finished:
+                break
+            offsets.popitem(last=False)
+            self._position[tp] = first + 1
+            self._dirty.add(tp)
+
+    def take_commits(self, partitions: Iterable[TP] | None = None) -> list[TopicPartition]:
+        """Positions that advanced since the last call (for `partitions`, or all)."""
+        chosen = self._dirty if partitions is None else self._dirty & set(partitions)
+        commits = [TopicPartition(t, p, self._position[(t, p)]) for t, p in sorted(chosen)]
+        self._dirty -= chosen
+        return commits
+
+    def pending(self, partitions: Iterable[TP] | None = None) -> int:
+        """Records received but not done."""
+        keys = self._offsets.keys() if partitions is None else partitions
+        return sum(1 for tp in keys for finished in self._offsets.get(tp, {}).values() if not finished)
+
+    def forget(self, partitions: Iterable[TP]) -> None:
+        for tp in partitions:
+            self._offsets.pop(tp, None)
+            self._position.pop(tp, None)
+            self._dirty.discard(tp)
+
+
+@dataclass
+class _Work:
+    """One command being handled, and every record (duplicates included) that waits for its result."""
+
+    command: Event
+    headers: Headers
+    refs: list[tuple[TP, int]] = field(default_factory=list)
+    result: Event | None = None  # None after the run: abandoned (stopping)
+    result_headers: Headers = field(default_factory=list)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dead_letter(
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    reason: str,
+    error_type: str,
+    failed_by: str,
+    now: datetime,
+) -> tuple[DlqRecord, Headers]:
+    """The `pm.dlq` record (and its reason headers) for a record nobody can process; IDs derive from the source."""
+    text_key = key.decode("utf-8", "replace") if key else ""
+    record = DlqRecord(
+        event_id=derive_id("dlq", topic, partition, offset),
+        correlation_id=text_key or f"{topic}/{partition}/{offset}",
+        occurred_at=now,
+        payload=DlqRecordPayload(
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
+            key=key,
+            value=value,
+            reason=reason,
+            error_type=error_type,
+            failed_by=failed_by,
+        ),
+    )
+    headers: Headers = [
+        ("dlq.reason", reason.encode()),
+        ("dlq.error_type", error_type.encode()),
+        ("dlq.source", f"{topic}/{partition}/{offset}".encode()),
+        ("dlq.failed_by", failed_by.encode()),
+    ]
+    return record, headers
+
+
+class StepConsumer:
+    """Runs one step's handler over `cmd.<step>`; `run()` blocks until `stop` is set (or `request_stop()`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        handler: StepHandler,
+        *,
+        concurrency: int = 4,
+        retry: RetryPolicy | None = None,
+        stop_grace: float = 10.0,
+        poll_timeout: float = 0.05,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.config = config
+        self.handler = handler
+        self.step = Step(handler.step)
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.stop_grace = stop_grace
+        self.poll_timeout = poll_timeout
+        self.clock = clock
+        self._rng = rng or random.Random()
+        self._rng_lock = threading.Lock()
+        self.topic = config.topic(f"cmd.{self.step.value}")
+        self.group_id = f"{config.topic_prefix}step-{self.step.value}"
+        self.results_topic = config.topic("step.results")
+        self.dlq_topic = config.topic("pm.dlq")
+        self._stop = threading.Event()
+        self._stopping = threading.Event()  # set once polling stopped: workers abandon backoff sleeps
+        self._work: queue.Queue[_Work | None] = queue.Queue()
+        self._finished: queue.Queue[_Work] = queue.Queue()
+        self._inflight: dict[str, _Work] = {}  # command ID -> its run
+        self._tracker = OffsetTracker()
+        self._paused = False
+        self._fatal: BaseException | None = None
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._ledger: Ledger | None = None
+        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0}
+
+    # ------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        if stop is not None:
+            self._stop = stop
+        self._ledger = Ledger(ledger_path(self.config, self.step.value))
+        try:
+            if isinstance(self.handler, LedgerAware):
+                self.handler.use_ledger(self._ledger)
+            role = f"step-{self.step.value}"
+            self._producer = make_producer(self.config, role)
+            self._consumer = make_consumer(self.config, role, self.group_id)
+            workers = [
+                threading.Thread(target=self._worker, name=f"{role}-worker-{i}", daemon=True)
+                for i in range(self.concurrency)
+            ]
+            for worker in workers:
+                worker.start()
+            self._consumer.subscribe(
+                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+            )
+            log.info("step %s: consuming %s as group %s", self.step.value, self.topic, self.group_id)
+            while not self._stop.is_set():
+                self._service()
+                msg = self._consumer.poll(self.poll_timeout)
+                if msg is None:
+                    continue
+                error = msg.error()
+                if error is not None:
+                    self._on_error(error)
+                    continue
+                self._receive(msg)
+            self._shutdown(len(workers))
+        finally:
+            if self._consumer is not None:
+                self._consumer.close()
+            self._ledger.close()
+
+    def _shutdown(self, workers: int) -> None:
+        """Stop polling; let running handlers finish within the grace period; abandon the rest; commit."""
+        self._stopping.set()
+        while True:  # queued, not started: abandon now (uncommitted, so redelivered later)
+            try:
+                work = self._work.get_nowait()
+            except queue.Empty:
+                break
+            if work is not None:
+                self._abandon(work)
+        for _ in range(workers):
+            self._work.put(None)
+        deadline = time.monotonic() + self.stop_grace
+        while self._inflight and time.monotonic() < deadline:
+            self._service(wait=0.05)
+        for work in list(self._inflight.values()):
+            self._abandon(work)
+        assert self._producer is not None
+        remaining = self._producer.flush(self.stop_grace)
+        if remaining:
+            log.warning(
+                "step %s: %d results not acknowledged at stop; they are redone on restart",
+                self.step,
+                remaining,
+            )
+        self._service()
+        self._commit(asynchronous=False)
+
+    def _abandon(self, work: _Work) -> None:
+        self._inflight.pop(work.command.payload.command_id, None)
+        self.stats["abandoned"] += 1
+
+    # ------------------------------------------------------------ main thread
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("step %s: consumer error: %s", self.step.value, error)
+
+    def _receive(self, msg: Message) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None
+        tp = (topic, partition)
+        self._tracker.add(tp, offset)
+        value = msg.value()
+        try:
+            command = decode(value or b"")
+        except CodecError as exc:
+            self._dead_letter(msg, str(exc), type(exc).__name__)
+            return
+        if (
+            not isinstance(command.payload, CommandPayload)
+            or getattr(type(command), "STEP", None) != self.step
+        ):
+            self._dead_letter(
+                msg, f"{command.type} is not a {self.step.value} command", "UnexpectedEventType"
+            )
+            return
+        command_id = command.payload.command_id
+        raw_headers = msg.headers() or []
+        headers: Headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
+        assert self._ledger is not None
+        entry = self._ledger.get(command_id)
+        if entry is not None and entry.completed and entry.result is not None:
+            # Done before (redelivery, or the PM re-sent it): the same bytes, not a second side effect.
+            with telemetry.tracer().start_as_current_span(
+                f"step {self.step.value}",
+                context=telemetry.extract(headers),
+                attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
+            ):
+                result_headers = telemetry.inject([])
+            self.stats["republished"] += 1
+            self._publish(
+                self.results_topic,
+                command.correlation_id.encode(),
+                entry.result,
+                result_headers,
+                [(tp, offset)],
+            )
+            return
+        running = self._inflight.get(command_id)
+        if running is not None:  # the same command twice in flight: one run, both records wait for it
+            running.refs.append((tp, offset))
+            return
+        work = _Work(command=command, headers=headers, refs=[(tp, offset)])
+        self._inflight[command_id] = work
+        self._work.put(work)
+        self._flow_control()
+
+    def _service(self, wait: float = 0.0) -> None:
+        """Publish finished results, serve delivery callbacks, commit what is contiguous, pause/resume."""
+        if self._fatal is not None:
+            raise self._fatal
+        assert self._producer is not None and self._ledger is not None
+        try:
+            work: _Work | None = self._finished.get(timeout=wait) if wait else self._finished.get_nowait()
+        except queue.Empty:
+            work = None
+        while work is not None:
+            command_id = work.command.payload.command_id
+            self._inflight.pop(command_id, None)
+            if work.result is None:
+                self.stats["abandoned"] += 1
+            else:
+                encoded = encode(work.result)
+                self._ledger.complete(command_id, encoded)
+                self.stats["handled"] += 1
+                key = work.command.correlation_id.encode()
+                self._publish(self.results_topic, key, encoded, work.result_headers, work.refs)
+            try:
+                work = self._finished.get_nowait()
+            except queue.Empty:
+                work = None
+        self._producer.poll(0)
+        if self._fatal is not None:
+            raise self._fatal
+        self._commit(asynchronous=True)
+        self._flow_control()
+
+    def _flow_control(self) -> None:
+        if self._consumer is None or self._stopping.is_set():
+            return
+        full = len(self._inflight) >= self.concurrency
+        if full and not self._paused:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+        elif not full and self._paused:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+
+    def _publish(
+        self, topic: str, key: bytes, value: bytes, headers: Headers, refs: list[tuple[TP, int]]
+    ) -> None:
+        """Produce; when the broker acknowledges, the records in `refs` are done (committable)."""
+        assert self._producer is not None
+        attempts = [0]
+
+        def delivered(err: KafkaError | None, _msg: Message) -> None:
+            if err is None:
+                for tp, offset in refs:
+                    self._tracker.done(tp, offset)
+                return
+            attempts[0] += 1
+            if err.fatal() or attempts[0] > 5:
+                self._fatal = KafkaException(err)
+                return
+            log.warning("step %s: delivery to %s failed (%s); producing again", self.step.value, topic, err)
+            self._produce(topic, key, value, headers, delivered)
+
+        self._produce(topic, key, value, headers, delivered)
+
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: Headers, callback: Any) -> None:
+        assert self._producer is not None
+        while True:
+            try:
+                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                return
+            except BufferError:  # local queue full: serve callbacks and try again, never drop
+                self._producer.poll(0.1)
+
+    def _dead_letter(self, msg: Message, reason: str, error_type: str) -> None:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        assert topic is not None and partition is not None and offset is not None
+        record, headers = dead_letter(
+            self.config.logical_topic(topic),
+            partition,
+            offset,
+            msg.key(),
+            msg.value(),
+            reason=reason,
+            error_type=error_type,
+            failed_by=f"step-{self.step.value}",
+            now=self.clock(),
+        )
+        log.warning("step %s: %s/%d/%d to the DLQ: %s", self.step.value, topic, partition, offset, reason)
+        self.stats["dead_lettered"] += 1
+        telemetry.dlq_records().add(
+            1, {"messaging.destination.name": record.payload.source_topic, "error.type": error_type}
+        )
+        self._publish(
+            self.dlq_topic, msg.key() or b"", encode(record), headers, [((topic, partition), offset)]
+        )
+
+    def _commit(self, asynchronous: bool, partitions: Iterable[TP] | None = None) -> None:
+        assert self._consumer is not None
+        commits = self._tracker.take_commits(partitions)
+        if commits:
+            try:
+                if asynchronous:
+                    self._consumer.commit(offsets=commits, asynchronous=True)
+                else:
+                    self._consumer.commit(offsets=commits, asynchronous=False)
+            except KafkaException as exc:  # e.g. during a rebalance; the next commit covers it
+                log.warning("step %s: commit failed: %s", self.step.value, exc)
+
+    # ------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._paused = False  # a fresh assignment starts unpaused; _flow_control re-pauses when full
+        log.info("step %s: assigned %s", self.step.value, [p.partition for p in partitions])
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Give in-flight commands of the revoked partitions a bounded time to finish, commit, then let go."""
+        revoked = [(p.topic, p.partition) for p in partitions]
+        deadline = time.monotonic() + self.stop_grace
+        while self._tracker.pending(revoked) and time.monotonic() < deadline and self._fatal is None:
+            self._service(wait=0.05)
+        self._commit(asynchronous=False, partitions=revoked)
+        self._tracker.forget(revoked)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._tracker.forget([(p.topic, p.partition) for p in partitions])
+
+    # ------------------------------------------------------------ workers
+
+    def _worker(self) -> None:
+        while True:
+            work = self._work.get()
+            if work is None:
+                return
+            try:
+                self._run(work)
+            except BaseException as exc:  # never lose a worker; the record stays uncommitted
+                log.exception("step %s: worker failed", self.step.value)
+                work.result = failed_result(
+                    work.command,
+                    self.step,
+                    self.clock(),
+                    reason=f"{type(exc).__name__}: {exc}",
+                    retryable=False,
+                )
+            self._finished.put(work)
+
+    def _run(self, work: _Work) -> None:
+        command = work.command
+        attributes = {
+            **telemetry.event_attributes(command),
+            **telemetry.record_attributes(f"cmd.{self.step.value}"),
+            "correlation_id": command.correlation_id,
+            "command_id": command.payload.command_id,
+            "step": self.step.value,
+            "attempt": command.payload.attempt,
+        }
+        with telemetry.tracer().start_as_current_span(
+            f"step {self.step.value}", context=telemetry.extract(work.headers), attributes=attributes
+        ) as span:
+            result, tries = self._execute(command)
+            span.set_attribute("pm.step.tries", tries)
+            if result is not None:
+                span.set_attribute("pm.result_type", result.type)
+                if result.type == "StepFailed":
+                    span.set_status(Status(StatusCode.ERROR, result.payload.reason[:200]))
+            work.result = result
+            work.result_headers = telemetry.inject([])
+
+    def _execute(self, command: Event) -> tuple[Event | None, int]:
+        """The handler's result, or a failed result; None when stopping interrupted a retry (abandon)."""
+        last: TransientError | None = None
+        tries = 0
+        while tries < self.retry.tries:
+            tries += 1
+            try:
+                return self.handler.handle(command, self.clock()), tries
+            except TransientError as exc:
+                last = exc
+                log.info(
+                    "step %s: transient error (try %d/%d): %s", self.step.value, tries, self.retry.tries, exc
+                )
+                if tries >= self.retry.tries:
+                    break
+                with self._rng_lock:
+                    delay = self.retry.delay(tries, self._rng)
+                if self._stopping.wait(delay):
+                    return None, tries
+            except PermanentError as exc:
+                return failed_result(
+                    command, self.step, self.clock(), reason=exc.reason, retryable=False, errors=exc.errors
+                ), tries
+            except Exception as exc:  # a handler bug must not kill the consumer: report it to the PM
+                log.exception("step %s: handler raised", self.step.value)
+                return failed_result(
+                    command, self.step, self.clock(), reason=f"{type(exc).__name__}: {exc}", retryable=False
+                ), tries
+        reason = f"gave up after {tries} tries: {last}"
+        return failed_result(command, self.step, self.clock(), reason=reason, retryable=True), tries
+
+
+def run_step_consumer(
+    config: Config,
+    step: str,
+    *,
+    concurrency: int = 4,
+    retry: RetryPolicy | None = None,
+    options: dict[str, Any] | None = None,
+    stop: threading.Event | None = None,
+) -> StepConsumer:
+    """Build the step's handler from the registry and run its consumer until SIGTERM/SIGINT (or `stop`)."""
+    from consumers import load_handler
+
+    handler = load_handler(step, config, **(options or {}))
+    consumer = StepConsumer(config, handler, concurrency=concurrency, retry=retry)
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):
+                signal.signal(signum, lambda *_: stop.set())
+    consumer.run(stop)
+    return consumer

@@ -1,0 +1,133 @@
+"""The step ledger: what a step consumer has done per command ID, in a local RocksDB (rocksdict).
+
+The base records every completed command with the exact bytes of its result, so a
+redelivered command re-publishes the same result instead of running the handler
+again. Handlers with side effects that cannot be undone (send-email) mark
+intermediate states through the same ledger (`mark`), written synchronously before
+and after the side effect, so a crash between the two is visible after a restart.
+
+One ledger per step and topic prefix: `<state_dir>/steps/<prefix>/<step>/`. RocksDB
+locks it, so one consumer process per ledger directory.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rocksdict import Options, Rdict, WriteOptions
+
+from pm.config import Config
+from pm.errors import PmError
+
+__all__ = ["COMPLETED", "Ledger", "LedgerEntry", "LedgerError", "ledger_path"]
+
+COMPLETED = "completed"
+
+
+class LedgerError(PmError):
+    """The ledger cannot be opened (locked by another consumer, corrupt) or holds an unreadable entry."""
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A command's record: its state, handler details (e.g. SMTP response) and, once completed, the result."""
+
+    state: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    result: bytes | None = None  # the encoded result event, exactly as published
+
+    @property
+    def completed(self) -> bool:
+        return self.state == COMPLETED
+
+    def to_bytes(self) -> bytes:
+        data: dict[str, Any] = {"state": self.state, "detail": self.detail}
+        if self.result is not None:
+            data["result"] = base64.b64encode(self.result).decode("ascii")
+        return json.dumps(data, sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> LedgerEntry:
+        data = json.loads(raw)
+        result = data.get("result")
+        return cls(
+            state=str(data["state"]),
+            detail=dict(data.get("detail") or {}),
+            result=None if result is None else base64.b64decode(result),
+        )
+
+
+def ledger_path(config: Config, step: str) -> Path:
+    """`<state_dir>/steps/<topic prefix or "_">/<step>`: separate ledgers for environments sharing a host."""
+    prefix = config.topic_prefix.replace("/", "_") or "_"
+    return config.state_dir / "steps" / prefix / step
+
+
+class Ledger:
+    """Command ID -> `LedgerEntry`. Thread-safe; every write is synced (it guards external side effects)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        try:
+            self._db = Rdict(str(path), options)
+        except Exception as exc:  # rocksdict raises a bare Exception for a held lock
+            raise LedgerError(
+                f"cannot open the step ledger at {path}: {exc} (is another consumer using it?)"
+            ) from exc
+        write = WriteOptions()
+        write.sync = True
+        self._db.set_write_options(write)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def get(self, command_id: str) -> LedgerEntry | None:
+        with self._lock:
+            raw = self._db.get(command_id.encode())
+        if raw is None:
+            return None
+        try:
+            return LedgerEntry.from_bytes(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LedgerError(f"ledger entry for command {command_id} is unreadable: {exc}") from exc
+
+    def mark(self, command_id: str, state: str, **detail: Any) -> LedgerEntry:
+        """Record an intermediate state (merging `detail` into what is there); durable when this returns."""
+        if state == COMPLETED:
+            raise ValueError("use complete() to record a result")
+        with self._lock:
+            raw = self._db.get(command_id.encode())
+            previous = LedgerEntry.from_bytes(raw) if raw is not None else None
+            if previous is not None and previous.completed:
+                raise LedgerError(f"command {command_id} is already completed")
+            entry = LedgerEntry(state=state, detail={**(previous.detail if previous else {}), **detail})
+            self._db.put(command_id.encode(), entry.to_bytes())
+        return entry
+
+    def complete(self, command_id: str, result: bytes) -> LedgerEntry:
+        """Record the command's result (keeping any handler details); later deliveries re-publish it."""
+        with self._lock:
+            raw = self._db.get(command_id.encode())
+            detail = LedgerEntry.from_bytes(raw).detail if raw is not None else {}
+            entry = LedgerEntry(state=COMPLETED, detail=detail, result=result)
+            self._db.put(command_id.encode(), entry.to_bytes())
+        return entry
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,129 @@
+"""A small HTTP order service for the demo and tests: `GET /orders/<id>` -> JSON `Order` or 404.
+
+Orders come from a JSON file (`consumers/data/orders.json` by default), validated with the
+`Order` model at start-up. `GET /health` answers `{"status": "ok"}`. Stdlib only.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from pydantic import ValidationError
+
+from pm.errors import PmError
+from pm.events import Order
+
+__all__ = ["DEFAULT_ORDERS_FILE", "OrderFileError", "OrderService", "load_orders"]
+
+DEFAULT_ORDERS_FILE = Path(__file__).parent / "data" / "orders.json"
+
+
+class OrderFileError(PmError):
+    """The orders file is missing or malformed."""
+
+
+def load_orders(path: Path = DEFAULT_ORDERS_FILE) -> dict[str, Order]:
+    try:
+        data: Any = json.loads(path.read_text())
+    except OSError as exc:
+        raise OrderFileError(f"orders file {path}: {exc}") from exc
+    except ValueError as exc:
+        raise OrderFileError(f"orders file {path} is not valid JSON: {exc}") from exc
+    items = data.get("orders") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise OrderFileError(f'orders file {path}: expected a list of orders (or {{"orders": [...]}})')
+    orders: dict[str, Order] = {}
+    for index, item in enumerate(items):
+        try:
+            order = Order.model_validate(item)
+        except ValidationError as exc:
+            raise OrderFileError(f"orders file {path}: order #{index + 1}: {exc}") from exc
+        orders[order.order_id] = order
+    return orders
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        if parts == ["health"]:
+            self._reply(HTTPStatus.OK, {"status": "ok", "orders": len(self.server.orders)})
+        elif len(parts) == 2 and parts[0] == "orders":
+            order = self.server.orders.get(parts[1])
+            if order is None:
+                self._reply(HTTPStatus.NOT_FOUND, {"error": "order not found", "order_id": parts[1]})
+            else:
+                self._reply(HTTPStatus.OK, order.model_dump(mode="json"))
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "no such resource", "path": self.path})
+
+    def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.server.verbose:
+            super().log_message(format, *args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    orders: dict[str, Order]
+    verbose: bool
+
+
+class OrderService:
+    """The HTTP server; `start()` serves in a background thread, `serve_forever()` in the caller's."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        orders: dict[str, Order] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.orders = load_orders() if orders is None else orders
+        self._server.verbose = verbose
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        host = self._server.server_address[0]
+        return f"http://{host if isinstance(host, str) else host.decode()}:{self.port}"
+
+    def start(self) -> OrderService:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="order-service", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        """Stop serving (from another thread than `serve_forever`'s) and close the socket."""
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> OrderService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

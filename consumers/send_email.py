@@ -1,0 +1,209 @@
+"""send-email: the reply over SMTP, at most once per command, even across crashes.
+
+The ledger gets `sending` (durably) before the SMTP transaction starts and `sent` (the
+server's response to DATA and the Message-ID) after it. A command found in `sending`
+means a previous run died mid-transaction: the message may or may not have gone out, so
+the result is an *uncertain* `StepFailed` (retryable=False) for a human, never a resend.
+A command found in `sent` (crash after SMTP, before the result was recorded) gets its
+`EmailSent` rebuilt from the ledger, without sending again. When the server refuses
+the sender, recipient or data with an explicit reply code, nothing was sent: the entry
+becomes `not_sent` and the error is transient (4xx) or permanent (5xx).
+
+The Message-ID derives from the command ID (`<command_id@pm.local>`), so the receiving
+side can also dedupe. Fault injection for tests and the chaos harness:
+`PM_FAULT_SEND_EMAIL=hang-after-data` makes the handler hang after the server accepted the
+message and before `sent` is recorded (kill -9 it there).
+"""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import time
+from datetime import datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from consumers.ledger import Ledger
+from consumers.step import PermanentError, TransientError, failed_result, result_event
+from pm.config import Config
+from pm.events import EmailSent, EmailSentPayload, Event, Step
+
+__all__ = [
+    "SENDING",
+    "SENT",
+    "NOT_SENT",
+    "FAULT_ENV",
+    "message_id_for",
+    "build_message",
+    "SendEmailHandler",
+    "build_handler",
+]
+
+SENDING = "sending"
+SENT = "sent"
+NOT_SENT = "not_sent"
+FAULT_ENV = "PM_FAULT_SEND_EMAIL"
+MESSAGE_ID_DOMAIN = "pm.local"
+
+
+def message_id_for(command_id: str) -> str:
+    return f"<{command_id}@{MESSAGE_ID_DOMAIN}>"
+
+
+def _angle(message_id: str) -> str:
+    message_id = message_id.strip()
+    return message_id if message_id.startswith("<") else f"<{message_id}>"
+
+
+def build_message(command: Event, sender: str, now: datetime) -> EmailMessage:
+    payload = command.payload
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = payload.to
+    message["Subject"] = payload.subject
+    message["Message-ID"] = message_id_for(payload.command_id)
+    message["Date"] = format_datetime(now)
+    if payload.in_reply_to:
+        message["In-Reply-To"] = _angle(payload.in_reply_to)
+        message["References"] = _angle(payload.in_reply_to)
+    message["X-PM-Correlation-ID"] = command.correlation_id
+    message.set_content(payload.body)
+    return message
+
+
+class SendEmailHandler:
+    step = Step.SEND_EMAIL
+
+    def __init__(self, config: Config, timeout: float = 10.0) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.ledger: Ledger | None = None
+
+    def use_ledger(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    def handle(self, command: Event, now: datetime) -> Event:
+        if self.ledger is None:
+            raise RuntimeError("send-email needs the consumer's ledger (use_ledger) before handling")
+        payload = command.payload
+        command_id = payload.command_id
+        entry = self.ledger.get(command_id)
+        if entry is not None and entry.state == SENT:
+            return self._sent(
+                command, now, str(entry.detail["message_id"]), str(entry.detail["smtp_response"])
+            )
+        if entry is not None and entry.state == SENDING:
+            return failed_result(
+                command,
+                self.step,
+                now,
+                reason="uncertain: a previous run stopped during the SMTP transaction; the reply may or may "
+                "not have been delivered, so it is not sent again automatically",
+                retryable=False,
+                uncertain=True,
+                errors=[f"sending since {entry.detail.get('since', '?')} to {entry.detail.get('to', '?')}"],
+            )
+        message = build_message(command, self.config.reply_from, now)
+        smtp = self._connect()  # nothing sent yet: failures here are plain errors
+        try:
+            self.ledger.mark(
+                command_id, SENDING, message_id=message["Message-ID"], to=payload.to, since=now.isoformat()
+            )
+            try:
+                response = self._transaction(smtp, message)
+            except _Refused as refused:
+                self.ledger.mark(command_id, NOT_SENT, reason=str(refused))
+                if refused.code >= 500:
+                    raise PermanentError(f"SMTP server refused the message: {refused}") from refused
+                raise TransientError(f"SMTP server deferred the message: {refused}") from refused
+            except (
+                smtplib.SMTPException,
+                OSError,
+            ) as exc:  # mid-transaction: delivered or not, we cannot tell
+                return failed_result(
+                    command,
+                    self.step,
+                    now,
+                    reason=f"uncertain: SMTP transaction broke off ({type(exc).__name__}: {exc}); "
+                    "the reply may or may not have been delivered",
+                    retryable=False,
+                    uncertain=True,
+                )
+            if os.environ.get(FAULT_ENV) == "hang-after-data":
+                while True:  # fault injection: the process is killed here, between the SMTP DATA and `sent`
+                    time.sleep(3600)
+            self.ledger.mark(command_id, SENT, smtp_response=response, message_id=message["Message-ID"])
+        finally:
+            try:
+                smtp.quit()
+            except (smtplib.SMTPException, OSError):
+                smtp.close()
+        return self._sent(command, now, message["Message-ID"], response)
+
+    def _connect(self) -> smtplib.SMTP:
+        config = self.config
+        try:
+            smtp: smtplib.SMTP
+            if config.smtp_ssl:
+                smtp = smtplib.SMTP_SSL(
+                    config.smtp_host,
+                    config.smtp_port,
+                    timeout=self.timeout,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                smtp = smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=self.timeout)
+            smtp.ehlo()
+            if config.smtp_starttls:
+                smtp.starttls(context=ssl.create_default_context())
+                smtp.ehlo()
+            if config.smtp_user:
+                smtp.login(config.smtp_user, config.smtp_password)
+        except smtplib.SMTPAuthenticationError as exc:
+            raise PermanentError(f"SMTP login refused for {config.smtp_user!r}: {exc}") from exc
+        except (smtplib.SMTPException, OSError) as exc:
+            raise TransientError(
+                f"SMTP server {config.smtp_host}:{config.smtp_port} unavailable: {type(exc).__name__}: {exc}"
+            ) from exc
+        return smtp
+
+    def _transaction(self, smtp: smtplib.SMTP, message: EmailMessage) -> str:
+        """MAIL, RCPT, DATA; returns the server's reply to DATA. `_Refused` when refused before delivery."""
+        code, reply = smtp.mail(self.config.reply_from)
+        if code != 250:
+            raise _Refused(code, f"MAIL FROM: {code} {reply.decode(errors='replace')}")
+        code, reply = smtp.rcpt(str(message["To"]))
+        if code not in (250, 251):
+            raise _Refused(code, f"RCPT TO: {code} {reply.decode(errors='replace')}")
+        try:
+            code, reply = smtp.data(message.as_bytes())
+        except smtplib.SMTPDataError as exc:  # an explicit refusal of the data: not delivered
+            raise _Refused(exc.smtp_code, f"DATA: {exc.smtp_code} {exc.smtp_error!r}") from exc
+        return f"{code} {reply.decode(errors='replace')}"
+
+    def _sent(self, command: Event, now: datetime, message_id: str, smtp_response: str) -> Event:
+        payload = command.payload
+        return result_event(
+            command,
+            EmailSent,
+            EmailSentPayload(
+                command_id=payload.command_id,
+                attempt=payload.attempt,
+                to=payload.to,
+                message_id=message_id,
+                smtp_response=smtp_response,
+            ),
+            now,
+        )
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+
+
+def build_handler(config: Config, *, timeout: float = 10.0) -> SendEmailHandler:
+    return SendEmailHandler(config, timeout=timeout)

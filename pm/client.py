@@ -1,0 +1,223 @@
+"""Producing events: the upstream e-mail API (`EmailPublisher`) and one helper every producer can share.
+
+An upstream system that embeds `pm` publishes customer e-mails like this:
+
+    with EmailPublisher(load_config()) as publisher:
+        delivery = publisher.publish({"message_id": "<abc@mail>", "sender": ..., ...})
+        print(delivery.correlation_id, delivery.partition, delivery.offset)
+
+Rules (the same for any other language, see README): the value is an `EmailReceived`
+event, Avro single-object encoded with `schemas/EmailReceived.avsc`; the record key is
+the correlation ID (the thread ID when given, else the message ID), UTF-8; the
+partitioner is Java's murmur2 (`murmur2_random` in librdkafka). The event ID derives
+from the message ID, so publishing the same e-mail twice is deduplicated by the PM.
+`received_at` defaults to the time of publishing when absent; `occurred_at` is
+`received_at`, so a re-published e-mail is byte-identical.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from opentelemetry.trace import SpanKind
+from pydantic import ValidationError
+
+from pm import telemetry
+from pm.codec import encode
+from pm.config import Config
+from pm.errors import PmError
+from pm.events import Email, EmailReceived, EmailReceivedPayload, Event, derive_id
+from pm.kafka import make_producer
+
+__all__ = [
+    "Delivery",
+    "DeliveryError",
+    "InvalidEmail",
+    "EmailPublisher",
+    "email_event",
+    "describe_validation_error",
+    "produce_event",
+]
+
+
+class InvalidEmail(PmError, ValueError):
+    """An e-mail that does not fit the EmailReceived schema; the message names the fields."""
+
+
+class DeliveryError(PmError):
+    """The broker did not acknowledge a record."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Where a published event landed."""
+
+    correlation_id: str
+    event_id: str
+    topic: str  # physical topic name
+    partition: int
+    offset: int
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """`field: reason; field: reason` (pydantic's message without URLs and input echoes)."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "value"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def email_event(email: Mapping[str, Any] | Email, *, now: datetime | None = None) -> EmailReceived:
+    """The EmailReceived event for an upstream e-mail (validated; `InvalidEmail` says what is wrong)."""
+    if isinstance(email, Email):
+        fields: dict[str, Any] = email.model_dump()
+    elif isinstance(email, Mapping):
+        fields = dict(email)
+    else:
+        raise InvalidEmail(f"expected a JSON object with the e-mail fields, got {type(email).__name__}")
+    if fields.get("received_at") is None:
+        fields["received_at"] = now or datetime.now(UTC)
+    try:
+        payload = EmailReceivedPayload.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidEmail(describe_validation_error(exc)) from exc
+    return EmailReceived(
+        event_id=derive_id("email", payload.message_id),
+        correlation_id=payload.thread_id or payload.message_id,
+        causation_id=None,
+        occurred_at=payload.received_at,
+        payload=payload,
+    )
+
+
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+
+def produce_event(
+    producer: Producer,
+    config: Config,
+    event: Event,
+    *,
+    headers: telemetry.Headers | None = None,
+    key: bytes | str | None = None,
+    topic: str | None = None,
+    on_delivery: DeliveryCallback | None = None,
+) -> None:
+    """Produce one event to its topic (`config.topic(event.topic)`), keyed by its correlation ID.
+
+    Trace context goes into the headers (a producer span per record). A full local queue
+    is waited out with `poll`, never dropped. `key`/`topic` override the defaults (the DLQ
+    keeps the original key; journal-only events have no topic of their own).
+    """
+    logical = topic or event.topic
+    if not logical:
+        raise ValueError(f"{event.type} has no topic of its own; pass topic=")
+    physical = config.topic(logical)
+    record_key = (
+        (key if key is not None else event.correlation_id).encode() if not isinstance(key, bytes) else key
+    )
+    value = encode(event)
+    with telemetry.tracer().start_as_current_span(
+        f"publish {logical}",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            **telemetry.event_attributes(event),
+            **telemetry.record_attributes(logical, key=record_key),
+        },
+    ):
+        record_headers = telemetry.inject(headers)
+        while True:
+            try:
+                producer.produce(
+                    physical, value=value, key=record_key, headers=record_headers, on_delivery=on_delivery
+                )
+                return
+            except BufferError:
+                producer.poll(0.05)  # queue full: let deliveries drain, then retry
+
+
+class EmailPublisher:
+    """Publishes upstream e-mails to `email.received` and waits for the broker's acknowledgement."""
+
+    def __init__(self, config: Config, producer: Producer | None = None) -> None:
+        self.config = config
+        self._producer = producer or make_producer(config, "upstream")
+
+    def submit(
+        self, email: Mapping[str, Any] | Email, callback: Callable[[Delivery | DeliveryError], None]
+    ) -> EmailReceived:
+        """Validate and produce without waiting; `callback` gets the Delivery or the error later (on poll/flush)."""
+        event = email_event(email)
+
+        def delivered(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                callback(DeliveryError(f"{event.correlation_id}: not delivered: {err.str()}"))
+            else:
+                partition, offset = msg.partition(), msg.offset()
+                where = (
+                    msg.topic() or "",
+                    -1 if partition is None else partition,
+                    -1 if offset is None else offset,
+                )
+                callback(Delivery(event.correlation_id, event.event_id, *where))
+
+        produce_event(self._producer, self.config, event, on_delivery=delivered)
+        self._producer.poll(0)
+        return event
+
+    def publish(self, email: Mapping[str, Any] | Email, timeout: float = 30.0) -> Delivery:
+        """Validate, produce and wait until the broker has it; raises InvalidEmail or DeliveryError."""
+        results: list[Delivery | DeliveryError] = []
+        self.submit(email, results.append)
+        self.flush(timeout)
+        if not results:
+            raise DeliveryError(f"no acknowledgement within {timeout:g} s")
+        result = results[0]
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
+
+    def publish_many(
+        self, emails: Iterable[Mapping[str, Any] | Email], timeout: float = 30.0
+    ) -> list[Delivery]:
+        """Publish several e-mails with one wait (faster), deliveries in input order.
+
+        Raises at the first invalid e-mail (those before it are produced), or at the first failed delivery.
+        """
+        results: dict[int, Delivery | DeliveryError] = {}
+        count = 0
+        for count, email in enumerate(emails, start=1):
+            self.submit(email, functools.partial(results.__setitem__, count))
+        self.flush(timeout)
+        ordered = [
+            results.get(n, DeliveryError(f"e-mail {n}: no acknowledgement within {timeout:g} s"))
+            for n in range(1, count + 1)
+        ]
+        for result in ordered:
+            if isinstance(result, DeliveryError):
+                raise result
+        return [r for r in ordered if isinstance(r, Delivery)]
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still queued (0 when all are acknowledged)."""
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 30.0) -> None:
+        remaining = self.flush(timeout)
+        if remaining:
+            raise DeliveryError(f"{remaining} e-mail(s) not acknowledged within {timeout:g} s")
+
+    def __enter__(self) -> EmailPublisher:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.flush()

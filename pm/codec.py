@@ -1,0 +1,215 @@
+"""The wire format: Avro single-object encoding of every `Event`, with the schemas in `schemas/`.
+
+A record value is `C3 01` (marker), the 8-byte little-endian CRC-64-AVRO
+fingerprint of the writer schema's Parsing Canonical Form, then the Avro binary
+body (fastavro `schemaless_writer`). A reader looks the fingerprint up among every
+schema version it knows (the latest `schemas/<Type>.avsc` and the older ones kept
+under `schemas/v<N>/<Type>.avsc`) and resolves the body from that writer schema to
+the latest reader schema of the type, so old records read with today's defaults.
+Anything that cannot be decoded into a valid event raises `CodecError`, which the
+PM and consumers route to `pm.dlq`.
+
+Schemas are parsed once per process (module-level cache). `PM_SCHEMA_DIR` points
+at another schema directory (the Docker image sets it; a checkout needs nothing).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro.schema import fingerprint as avro_fingerprint
+from fastavro.schema import to_parsing_canonical_form
+from pydantic import ValidationError
+
+from pm.errors import PmError
+from pm.events import EVENT_TYPES, Event
+
+__all__ = [
+    "MARKER",
+    "HEADER_SIZE",
+    "CodecError",
+    "SchemaInfo",
+    "SchemaRegistry",
+    "schema_dir",
+    "registry",
+    "fingerprint",
+    "schema_for",
+    "encode",
+    "encode_record",
+    "decode",
+    "type_of",
+]
+
+MARKER = b"\xc3\x01"
+HEADER_SIZE = len(MARKER) + 8
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+class CodecError(PmError, ValueError):
+    """Bytes that are not a valid event of a known schema (route them to the DLQ), or an unencodable event."""
+
+
+@dataclass(frozen=True)
+class SchemaInfo:
+    """One version of one event type's schema."""
+
+    type_name: str
+    version: int
+    path: Path
+    schema: Mapping[str, Any]  # the .avsc as written
+    parsed: Any  # fastavro's parsed form (what the reader and writer take)
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO of the canonical form
+    header: bytes  # MARKER + fingerprint
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
+
+
+def schema_dir() -> Path:
+    """`PM_SCHEMA_DIR`, else `schemas/` at the repository root (beside the package)."""
+    named = os.environ.get("PM_SCHEMA_DIR")
+    return Path(named) if named else Path(__file__).resolve().parent.parent / "schemas"
+
+
+def fingerprint(schema: Mapping[str, Any] | str) -> bytes:
+    """The 8 bytes of the single-object header: CRC-64-AVRO of the Parsing Canonical Form, little-endian."""
+    canonical = to_parsing_canonical_form(json.loads(schema) if isinstance(schema, str) else dict(schema))
+    return bytes.fromhex(avro_fingerprint(canonical, "CRC-64-AVRO"))
+
+
+def _load(path: Path, type_name: str, version: int) -> SchemaInfo:
+    try:
+        schema = json.loads(path.read_text())
+        parsed = parse_schema(schema, named_schemas={})
+    except (OSError, ValueError, TypeError) as exc:
+        raise CodecError(f"schema {path}: cannot load: {exc}") from exc
+    if schema.get("name") != type_name:
+        raise CodecError(f"schema {path}: record name {schema.get('name')!r} does not match the file name")
+    fp = fingerprint(schema)
+    return SchemaInfo(type_name, version, path, schema, parsed, fp, MARKER + fp)
+
+
+class SchemaRegistry:
+    """Every schema version under one directory: the latest per type, and all by fingerprint."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.latest: dict[str, SchemaInfo] = {}
+        self.by_fingerprint: dict[bytes, SchemaInfo] = {}
+        if not directory.is_dir():
+            raise CodecError(f"schema directory {directory} not found (set PM_SCHEMA_DIR)")
+        for path in sorted(directory.glob("*.avsc")):
+            cls = EVENT_TYPES.get(path.stem)
+            version = cls.SCHEMA_VERSION if cls is not None else 0
+            self._add(_load(path, path.stem, version), latest=True)
+        for sub in sorted(directory.iterdir()):
+            match = _VERSION_DIR.match(sub.name)
+            if sub.is_dir() and match:
+                for path in sorted(sub.glob("*.avsc")):
+                    self._add(_load(path, path.stem, int(match.group(1))), latest=False)
+
+    def _add(self, info: SchemaInfo, latest: bool) -> None:
+        known = self.by_fingerprint.get(info.fingerprint)
+        if known is not None and known.type_name != info.type_name:
+            raise CodecError(f"schemas {known.path} and {info.path} have the same fingerprint")
+        if latest:
+            self.latest[info.type_name] = info
+            self.by_fingerprint[info.fingerprint] = info
+        else:
+            # An old version identical to the latest keeps the latest's entry (no resolution needed).
+            self.by_fingerprint.setdefault(info.fingerprint, info)
+
+    def versions(self, type_name: str) -> list[SchemaInfo]:
+        """Every known version of a type, oldest first (the latest last)."""
+        found = {info.path: info for info in self.by_fingerprint.values() if info.type_name == type_name}
+        return sorted(found.values(), key=lambda i: (i.version, i is self.latest.get(type_name)))
+
+    def all(self) -> list[SchemaInfo]:
+        return sorted(self.by_fingerprint.values(), key=lambda i: (i.type_name, i.version))
+
+
+@lru_cache(maxsize=4)
+def _registry_for(directory: Path) -> SchemaRegistry:
+    return SchemaRegistry(directory)
+
+
+def registry() -> SchemaRegistry:
+    """The schemas of `schema_dir()`, loaded and parsed once."""
+    return _registry_for(schema_dir())
+
+
+def schema_for(type_name: str) -> SchemaInfo:
+    """The latest schema of an event type."""
+    info = registry().latest.get(type_name)
+    if info is None:
+        raise CodecError(f"no schema for event type {type_name!r} in {registry().directory}")
+    return info
+
+
+def encode_record(info: SchemaInfo, record: Mapping[str, Any]) -> bytes:
+    """Single-object encode a plain record with a given writer schema (tests, tools, old versions)."""
+    out = io.BytesIO()
+    out.write(info.header)
+    try:
+        schemaless_writer(out, info.parsed, record)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {info.type_name} with {info.path.name}: {exc}") from exc
+    return out.getvalue()
+
+
+def encode(event: Event) -> bytes:
+    """The record value for an event: marker, fingerprint of its type's latest schema, Avro body."""
+    return encode_record(schema_for(type(event).TYPE), event.model_dump(mode="python"))
+
+
+def _writer(data: bytes | bytearray | memoryview) -> SchemaInfo:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CodecError(f"expected bytes, got {type(data).__name__}")
+    if len(data) < HEADER_SIZE or bytes(data[:2]) != MARKER:
+        head = bytes(data[:HEADER_SIZE]).hex(" ")
+        raise CodecError(f"not an Avro single-object encoded event (expected marker c3 01, got {head!r})")
+    fp = bytes(data[2:HEADER_SIZE])
+    info = registry().by_fingerprint.get(fp)
+    if info is None:
+        raise CodecError(
+            f"unknown schema fingerprint {fp.hex()} (no such schema version in {registry().directory})"
+        )
+    return info
+
+
+def type_of(data: bytes | bytearray | memoryview) -> str:
+    """The event type named by the header, without decoding the body."""
+    return _writer(data).type_name
+
+
+def decode(data: bytes | bytearray | memoryview) -> Event:
+    """The event in a record value, as its pydantic class, read with the latest schema of its type."""
+    writer = _writer(data)
+    cls = EVENT_TYPES.get(writer.type_name)
+    reader = registry().latest.get(writer.type_name)
+    if cls is None or reader is None:
+        raise CodecError(
+            f"schema {writer.path.name} is for event type {writer.type_name!r}, which pm does not know"
+        )
+    body = io.BytesIO(data)
+    body.seek(HEADER_SIZE)
+    try:
+        record = schemaless_reader(body, writer.parsed, None if reader is writer else reader.parsed)
+    except Exception as exc:  # fastavro raises many kinds on corrupt input (EOFError, IndexError, ...)
+        raise CodecError(f"corrupt {writer.type_name} body ({type(exc).__name__}: {exc})") from exc
+    if body.tell() != len(data):
+        raise CodecError(f"{writer.type_name}: {len(data) - body.tell()} trailing bytes after the Avro body")
+    try:
+        return cls.model_validate(record)
+    except (ValidationError, ValueError, TypeError) as exc:
+        raise CodecError(f"invalid {writer.type_name}: {exc}") from exc

@@ -1,0 +1,31 @@
+"""`pm bench NAME [--quick]`: the benchmarks in bench/ (a table, then one JSON line)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from pm.config import Config
+from pm.errors import PmError
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    bench = subparsers.add_parser("bench", parents=[common], help="run a benchmark on its own local broker")
+    bench.add_argument("name", help="pipe, pm-throughput, ... (see bench/__init__.py)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, under two minutes")
+    bench.set_defaults(handler=_bench)
+
+
+def _bench(args: argparse.Namespace, config: Config) -> int:
+    try:
+        from bench import BENCHMARKS
+    except ImportError as exc:
+        raise PmError(
+            "the bench/ package is not installed (install the repo with `pip install -e .`)"
+        ) from exc
+    if args.name not in BENCHMARKS:
+        raise PmError(f"unknown benchmark {args.name!r}; known: {', '.join(BENCHMARKS)}")
+    importlib.import_module(BENCHMARKS[args.name]).run(args.quick)
+    return 0

@@ -1,0 +1,206 @@
+"""`pm run consumer|order-service|smtp-sink|pm|all`: run one component (or all) in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pm.config import Config
+from pm.errors import PmError
+
+__all__ = ["register", "LLM_STEPS", "SERVICES", "child_specs"]
+
+STEP_NAMES = ("classify", "fetch-order", "fetch-refund-policy", "draft-reply", "send-email")
+LLM_STEPS = ("classify", "draft-reply")
+SERVICES = ("order-service", "smtp-sink")
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    run = subparsers.add_parser("run", help="run the PM, a step consumer, a local service, or all of them")
+    parts = run.add_subparsers(dest="component", required=True, metavar="COMPONENT")
+
+    consumer = parts.add_parser("consumer", parents=[common], help="run one step consumer")
+    consumer.add_argument("step", choices=STEP_NAMES)
+    consumer.add_argument("--concurrency", type=int, default=4, help="commands handled at once (default 4)")
+    consumer.add_argument("--rpm", type=float, default=None, help="LLM steps: requests per minute cap")
+    consumer.add_argument("--tpm", type=float, default=None, help="LLM steps: tokens per minute cap")
+    consumer.add_argument(
+        "--retries", type=int, default=4, help="tries per command on transient errors (default 4)"
+    )
+    consumer.set_defaults(handler=_consumer)
+
+    orders = parts.add_parser("order-service", parents=[common], help="the sample HTTP order service")
+    orders.add_argument("--port", type=int, default=None, help="default: the port of PM_ORDER_SERVICE_URL")
+    orders.add_argument(
+        "--orders", type=Path, default=None, help="orders JSON file (default: the sample orders)"
+    )
+    orders.set_defaults(handler=_order_service)
+
+    sink = parts.add_parser("smtp-sink", parents=[common], help="a local SMTP server writing to a Maildir")
+    sink.add_argument("--port", type=int, default=None, help="default: PM_SMTP_PORT")
+    sink.add_argument("--maildir", type=Path, required=True)
+    sink.set_defaults(handler=_smtp_sink)
+
+    pm = parts.add_parser("pm", parents=[common], help="the process manager")
+    pm.add_argument("--max-active", type=int, default=None, help="pause new e-mails above N active processes")
+    pm.add_argument("--rebuild", action="store_true", help="rebuild a store that does not match the journal")
+    pm.set_defaults(handler=_pm)
+
+    every = parts.add_parser("all", parents=[common], help="the PM and every step consumer, supervised")
+    every.add_argument("--concurrency", type=int, default=4, help="per step consumer")
+    every.add_argument("--max-active", type=int, default=None)
+    every.add_argument("--with-services", action="store_true", help="also run order-service and smtp-sink")
+    every.add_argument(
+        "--maildir", type=Path, default=None, help="smtp-sink Maildir (default STATE_DIR/maildir)"
+    )
+    every.add_argument(
+        "--only", default=None, help="comma-separated subset: pm, step names, order-service, smtp-sink"
+    )
+    every.set_defaults(handler=_all)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(signum, lambda *_: stop.set())
+    return stop
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+
+def _consumer(args: argparse.Namespace, config: Config) -> int:
+    from consumers.base import RetryPolicy, run_step_consumer
+    from pm.telemetry import setup_telemetry
+
+    options = {k: v for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v is not None}
+    if options and args.step not in LLM_STEPS:
+        raise PmError(f"--rpm/--tpm apply to the LLM steps ({', '.join(LLM_STEPS)}), not {args.step}")
+    if args.concurrency < 1 or args.retries < 1:
+        raise PmError("--concurrency and --retries must be at least 1")
+    _logging()
+    setup_telemetry(f"pm-step-{args.step}")
+    print(
+        f"step consumer {args.step}: concurrency {args.concurrency}, topic {config.topic('cmd.' + args.step)}",
+        flush=True,
+    )
+    consumer = run_step_consumer(
+        config,
+        args.step,
+        concurrency=args.concurrency,
+        retry=RetryPolicy(tries=args.retries),
+        options=options,
+    )
+    print(f"step consumer {args.step}: stopped {consumer.stats}", flush=True)
+    return 0
+
+
+def _order_service(args: argparse.Namespace, config: Config) -> int:
+    from consumers.order_service import DEFAULT_ORDERS_FILE, OrderService, load_orders
+
+    port = args.port if args.port is not None else (urlsplit(config.order_service_url).port or 8765)
+    orders = load_orders(args.orders or DEFAULT_ORDERS_FILE)
+    stop = _stop_on_signals()
+    try:
+        service = OrderService("127.0.0.1", port, orders=orders).start()
+    except OSError as exc:
+        raise PmError(f"order service: cannot listen on 127.0.0.1:{port}: {exc}") from exc
+    print(f"order service: {service.url} ({len(orders)} orders)", flush=True)
+    stop.wait()
+    service.stop()
+    print("order service: stopped", flush=True)
+    return 0
+
+
+def _smtp_sink(args: argparse.Namespace, config: Config) -> int:
+    from consumers.smtp_sink import SmtpSink
+
+    port = args.port if args.port is not None else config.smtp_port
+    stop = _stop_on_signals()
+    try:
+        sink = SmtpSink(args.maildir, "127.0.0.1", port).start()
+    except (OSError, RuntimeError) as exc:
+        raise PmError(f"smtp sink: cannot listen on 127.0.0.1:{port}: {exc}") from exc
+    print(f"smtp sink: smtp://127.0.0.1:{port}, Maildir {args.maildir}", flush=True)
+    stop.wait()
+    sink.stop()
+    print("smtp sink: stopped", flush=True)
+    return 0
+
+
+def _pm(args: argparse.Namespace, config: Config) -> int:
+    from pm.runtime import run_process_manager
+
+    options = {} if args.max_active is None else {"max_active": args.max_active}
+    run_process_manager(config, rebuild=args.rebuild, **options)
+    return 0
+
+
+def _config_flags(args: argparse.Namespace, config: Config) -> list[str]:
+    """The supervisor's resolved configuration, passed to every child explicitly."""
+    flags = [
+        "--bootstrap",
+        config.resolved_bootstrap,
+        "--prefix",
+        config.topic_prefix,
+        "--state-dir",
+        str(config.state_dir),
+    ]
+    if args.config is not None:
+        flags += ["--config", str(args.config)]
+    return flags
+
+
+def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, list[str]]]:
+    """(name, argv) of every child `pm run all` starts, in start order."""
+    base = [sys.executable, "-m", "pm", "run"]
+    flags = _config_flags(args, config)
+    names = ["pm", *STEP_NAMES] + (list(SERVICES) if args.with_services else [])
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - {"pm", *STEP_NAMES, *SERVICES})
+        if unknown:
+            raise PmError(
+                f"--only: unknown component(s) {unknown}; known: pm, {', '.join(STEP_NAMES + SERVICES)}"
+            )
+        names = [n for n in ["pm", *STEP_NAMES, *SERVICES] if n in wanted]
+    specs: list[tuple[str, list[str]]] = []
+    for name in names:
+        if name == "pm":
+            extra = [] if args.max_active is None else ["--max-active", str(args.max_active)]
+            specs.append((name, [*base, "pm", *flags, *extra]))
+        elif name in STEP_NAMES:
+            specs.append((name, [*base, "consumer", name, "--concurrency", str(args.concurrency), *flags]))
+        elif name == "order-service":
+            port = urlsplit(config.order_service_url).port or 8765
+            specs.append((name, [*base, "order-service", "--port", str(port), *flags]))
+        else:
+            maildir = args.maildir or (config.state_dir / "maildir")
+            specs.append(
+                (
+                    name,
+                    [*base, "smtp-sink", "--port", str(config.smtp_port), "--maildir", str(maildir), *flags],
+                )
+            )
+    # Services first, so consumers find them on their first command.
+    return sorted(specs, key=lambda s: s[0] not in SERVICES)
+
+
+def _all(args: argparse.Namespace, config: Config) -> int:
+    from pm.supervisor import ChildSpec, Supervisor
+
+    specs = [ChildSpec(name, argv) for name, argv in child_specs(args, config)]
+    stop = _stop_on_signals()
+    supervisor = Supervisor(specs)
+    supervisor.say(f"supervising {', '.join(s.name for s in specs)}; Ctrl-C or SIGTERM stops them all")
+    return supervisor.run(stop)

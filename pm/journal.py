@@ -1,0 +1,325 @@
+"""The journal: building its entries, reading it back, and folding it into process records.
+
+The live path (`pm.runtime`) and the catch-up path (restart, rebuild) share
+`evaluate` + `advance`, so a state folded from the journal is the state the
+live run had: an `applied` entry is re-decided on its recorded input (decide is
+pure), a `rejected` one keeps the state, a `failed` one marks the process failed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from pm.codec import decode, encode
+from pm.config import Config
+from pm.errors import PmError
+from pm.events import Event, JournalEntry, JournalEntryPayload, TimerFired, TimerSpec, derive_id, utc_ms
+from pm.kafka import make_consumer
+from pm.process import Decision, ProcessDefinition, ProcessState, Status
+from pm.registry import Registry
+
+__all__ = [
+    "JOURNAL_TOPIC",
+    "MAX_PROCESSED",
+    "JournalRecord",
+    "JournalError",
+    "Outcome",
+    "ProcessRecord",
+    "Verifier",
+    "iter_journal",
+    "journal_partitions",
+    "build_entry",
+    "evaluate",
+    "advance",
+    "fold_entry",
+]
+
+JOURNAL_TOPIC = "pm.journal"
+MAX_PROCESSED = 1000  # input event IDs remembered per process for dedupe (a process sees far fewer)
+
+Verifier = Callable[[Event], str | None]
+
+
+class JournalError(PmError, RuntimeError):
+    """The journal cannot be read (or holds something that is not a journal entry)."""
+
+
+class JournalRecord(NamedTuple):
+    partition: int
+    offset: int
+    entry: JournalEntry
+    event: Event  # the input event the entry records (decoded from entry.payload.event)
+
+
+# ---------------------------------------------------------------- process records
+
+
+@dataclass
+class ProcessRecord:
+    """One process as the store keeps it: the definition it runs on, its state, dedupe and timers."""
+
+    correlation_id: str
+    process: str
+    version: int
+    state: ProcessState
+    journal_offset: int = -1
+    processed: list[str] = field(default_factory=list)
+    timers: dict[str, tuple[int, str]] = field(default_factory=dict)  # timer_id -> (due_ms, name)
+
+    @property
+    def status(self) -> str:
+        return str(self.state.status.value)
+
+    @property
+    def active(self) -> bool:
+        return self.state.status == Status.RUNNING
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self.processed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "process": self.process,
+            "version": self.version,
+            "status": self.status,
+            "state": self.state.model_dump(mode="json"),
+            "journal_offset": self.journal_offset,
+            "processed": self.processed,
+            "timers": {k: [due, name] for k, (due, name) in self.timers.items()},
+        }
+
+    @classmethod
+    def from_json(
+        cls, registry: Registry, correlation_id: str, data: Mapping[str, Any]
+    ) -> tuple[ProcessRecord, ProcessDefinition[Any]]:
+        definition, state = registry.resolve(str(data["process"]), int(data["version"]), data["state"])
+        record = cls(
+            correlation_id=correlation_id,
+            process=definition.name,
+            version=int(definition.version),
+            state=state,
+            journal_offset=int(data.get("journal_offset", -1)),
+            processed=list(data.get("processed", [])),
+            timers={k: (int(v[0]), str(v[1])) for k, v in dict(data.get("timers", {})).items()},
+        )
+        return record, definition
+
+
+@dataclass(frozen=True)
+class Outcome:
+    outcome: str  # applied | rejected | failed
+    reason: str | None
+    decision: Decision[Any] | None
+
+
+def evaluate(
+    definition: ProcessDefinition[Any], state: ProcessState, event: Event, verifier: Verifier | None = None
+) -> Outcome:
+    """Run the edge check and the pure decision; a raising `decide` fails only this process."""
+    if verifier is not None:
+        refused = verifier(event)
+        if refused is not None:
+            return Outcome("rejected", refused, None)
+    try:
+        decision = definition.decide(state, event)
+    except Exception as exc:  # a bug or an unhandled state: fail the process, keep the partition flowing
+        return Outcome("failed", f"{type(exc).__name__}: {exc}", None)
+    if decision.rejection is not None:
+        return Outcome("rejected", decision.rejection, decision)
+    return Outcome("applied", None, decision)
+
+
+def _ms(spec: TimerSpec) -> int:
+    return int(utc_ms(spec.due_at).timestamp() * 1000)
+
+
+def advance(
+    definition: ProcessDefinition[Any],
+    record: ProcessRecord | None,
+    state: ProcessState,
+    event: Event,
+    outcome: Outcome,
+    journal_offset: int,
+) -> ProcessRecord:
+    """The process record after `event` with `outcome` (the same function for live runs and folds)."""
+    timers = dict(record.timers) if record is not None else {}
+    if outcome.outcome == "applied" and outcome.decision is not None:
+        new_state: ProcessState = outcome.decision.state
+        for timer_id in outcome.decision.cancel:
+            timers.pop(timer_id, None)
+        for spec in outcome.decision.schedule:
+            timers[spec.timer_id] = (_ms(spec), spec.name)
+    elif outcome.outcome == "failed":
+        new_state = state.model_copy(update={"status": Status.FAILED, "reason": outcome.reason})
+    else:
+        new_state = state
+    if isinstance(event, TimerFired):
+        timers.pop(event.payload.timer_id, None)  # fired: no longer pending, whatever decide made of it
+    if new_state.terminal:
+        timers = {}  # a finished process has nothing left to wake up for
+    processed = [*(record.processed if record is not None else []), event.event_id][-MAX_PROCESSED:]
+    return ProcessRecord(
+        correlation_id=event.correlation_id,
+        process=definition.name,
+        version=int(definition.version),
+        state=new_state,
+        journal_offset=journal_offset,
+        processed=processed,
+        timers=timers,
+    )
+
+
+def build_entry(
+    definition: ProcessDefinition[Any],
+    event: Event,
+    raw: bytes,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    outcome: Outcome,
+    status: str,
+) -> JournalEntry:
+    """The journal entry for one accepted input: what came in (exact bytes) and what was decided."""
+    decision = outcome.decision if outcome.outcome == "applied" else None
+    payload = JournalEntryPayload(
+        process=definition.name,
+        process_version=int(definition.version),
+        input_topic=topic,
+        input_partition=partition,
+        input_offset=offset,
+        event=bytes(raw),
+        outcome=outcome.outcome,  # type: ignore[arg-type]
+        reason=outcome.reason,
+        status=status,
+        commands=[encode(c) for c in decision.commands] if decision else [],
+        published=[encode(p) for p in decision.publish] if decision else [],
+        timers_scheduled=list(decision.schedule) if decision else [],
+        timers_cancelled=list(decision.cancel) if decision else [],
+    )
+    return JournalEntry(
+        event_id=derive_id(event.event_id, "journal"),
+        correlation_id=event.correlation_id,
+        causation_id=event.event_id,
+        occurred_at=event.occurred_at,
+        payload=payload,
+    )
+
+
+def fold_entry(
+    registry: Registry, record: ProcessRecord | None, entry: JournalEntry, event: Event, offset: int
+) -> ProcessRecord | None:
+    """Apply one journal entry to a record; None when it changes nothing (an input already applied)."""
+    if record is not None and record.seen(event.event_id):
+        return None  # a duplicate entry (e.g. of an aborted transaction on a broker that shows those)
+    payload = entry.payload
+    definition: ProcessDefinition[Any]
+    if record is None:
+        definition = registry.get(payload.process, payload.process_version) or registry.latest(
+            payload.process
+        )
+        state = definition.initial_state(event)
+    else:
+        definition, state = registry.resolve(
+            record.process, record.version, record.state.model_dump(mode="json")
+        )
+    if payload.outcome == "applied":
+        outcome = evaluate(definition, state, event)
+        if outcome.outcome != "applied":  # today's code disagrees with the record: the record wins
+            outcome = Outcome("failed", payload.reason or f"not reproducible on fold: {outcome.reason}", None)
+    else:
+        outcome = Outcome(payload.outcome, payload.reason, None)
+    return advance(definition, record, state, event, outcome, offset)
+
+
+# ---------------------------------------------------------------- reading
+
+
+def journal_partitions(config: Config, timeout: float = 10.0) -> list[int]:
+    consumer = make_consumer(config, "journal-meta", f"{config.topic_prefix}pm-journal-meta")
+    try:
+        metadata = consumer.list_topics(config.topic(JOURNAL_TOPIC), timeout=timeout)
+        topic = metadata.topics.get(config.topic(JOURNAL_TOPIC))
+        if topic is None or topic.error is not None:
+            raise JournalError(
+                f"journal topic {config.topic(JOURNAL_TOPIC)} is missing: run `pm topics apply`"
+            )
+        return sorted(topic.partitions)
+    finally:
+        consumer.close()
+
+
+def iter_journal(
+    config: Config,
+    partitions: list[int] | None = None,
+    start: int | Mapping[int, int] | None = None,
+    *,
+    idle_timeout: float = 30.0,
+    decode_events: bool = True,
+) -> Iterator[JournalRecord]:
+    """Every journal record of `partitions` (all when None) from `start` to the end, per partition in order.
+
+    `start`: None = the beginning, an int = that offset on every partition, a mapping =
+    per-partition offsets. "The end" is the partition EOF event (`enable.partition.eof`),
+    never a watermark fetched up front (wrong on some brokers). `idle_timeout` bounds the
+    wait when nothing arrives (e.g. an open transaction holds read_committed back).
+    """
+    topic = config.topic(JOURNAL_TOPIC)
+    wanted = journal_partitions(config) if partitions is None else sorted(partitions)
+    if not wanted:
+        return
+
+    def offset_for(p: int) -> int:
+        if start is None:
+            return OFFSET_BEGINNING
+        if isinstance(start, int):
+            return start
+        return int(start.get(p, OFFSET_BEGINNING))
+
+    consumer = make_consumer(
+        config,
+        "journal-reader",
+        f"{config.topic_prefix}pm-journal-reader-{uuid.uuid4().hex[:8]}",
+        **{"enable.partition.eof": True},
+    )
+    try:
+        consumer.assign([TopicPartition(topic, p, offset_for(p)) for p in wanted])
+        pending = set(wanted)
+        idle_since = time.monotonic()
+        while pending:
+            messages = consumer.consume(num_messages=500, timeout=0.2)
+            if not messages:
+                if time.monotonic() - idle_since > idle_timeout:
+                    raise JournalError(
+                        f"reading {topic} partitions {sorted(pending)}: no end of partition within "
+                        f"{idle_timeout:.0f}s (an open transaction may hold read_committed back)"
+                    )
+                continue
+            idle_since = time.monotonic()
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(message.partition())
+                        continue
+                    raise JournalError(f"reading {topic}: {error}")
+                value = message.value()
+                if value is None:
+                    continue
+                entry = decode(value)
+                if not isinstance(entry, JournalEntry):
+                    raise JournalError(
+                        f"{topic}[{message.partition()}]@{message.offset()} holds a {entry.type}"
+                    )
+                event = decode(entry.payload.event) if decode_events else entry
+                yield JournalRecord(int(message.partition() or 0), int(message.offset() or 0), entry, event)
+    except KafkaException as exc:
+        raise JournalError(f"reading {topic}: {exc}") from exc
+    finally:
+        consumer.close()

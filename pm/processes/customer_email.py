@@ -1,0 +1,664 @@
+"""The customer-service e-mail: the reference process, all of its rules in one file.
+
+Read top to bottom: budgets and timeouts, the state, then `decide`, one handler per input.
+
+    EmailReceived      -> ClassifyEmail
+    EmailClassified    -> FetchOrder + FetchRefundPolicy together (fan out)
+    both fetched       -> DraftReply (fan in, either order)
+    ReplyDrafted       -> guard: fails -> DraftReply again with the violations (MAX_REPAIRS), then escalate
+                          passes -> approval needed? ApprovalRequested, wait : SendEmail
+    ApprovalDecided    -> approve: SendEmail | reject: rejected | edit: guard, then SendEmail
+    EmailSent          -> sent
+
+Escalation (terminal `escalated`, a human takes over) is the answer to everything the rules
+do not cover: unknown intent, no order ID, order not found, a step that fails for good or
+times out past its retry budget, a draft that keeps failing the guard, an approval nobody
+gives in time, an e-mail that may or may not have been sent. Every loop has a budget.
+
+Pure: time comes from the input event's `occurred_at`, every ID is derived from the
+correlation ID, the step and the attempt, so replaying the same inputs gives the same decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import Field
+
+from pm.events import (
+    ApprovalDecided,
+    ApprovalReminder,
+    ApprovalReminderPayload,
+    ApprovalRequested,
+    ApprovalRequestedPayload,
+    ClassifyEmail,
+    ClassifyEmailPayload,
+    Draft,
+    DraftReply,
+    DraftReplyPayload,
+    Email,
+    EmailClassified,
+    EmailReceived,
+    EmailSent,
+    Event,
+    FetchOrder,
+    FetchOrderPayload,
+    FetchRefundPolicy,
+    FetchRefundPolicyPayload,
+    Model,
+    Order,
+    OrderFetched,
+    RefundPolicy,
+    RefundPolicyFetched,
+    ReplyDrafted,
+    SendEmail,
+    SendEmailPayload,
+    Step,
+    StepFailed,
+    TimerFired,
+    TimerSpec,
+    Timestamp,
+    command_id,
+    derive_id,
+)
+from pm.process import Decision, ProcessState, Status, Upcaster
+from pm.processes.guard import check_draft, draft_hash, order_belongs_to
+
+__all__ = [
+    "NAME",
+    "VERSION",
+    "STEP_TIMEOUTS",
+    "MAX_RETRIES",
+    "RETRY_BACKOFF",
+    "RETRY_BACKOFF_MAX",
+    "MAX_REPAIRS",
+    "APPROVAL_REMINDER",
+    "APPROVAL_TIMEOUT",
+    "KNOWN_INTENTS",
+    "REFUND_INTENTS",
+    "SEND_UNCERTAIN",
+    "Budgets",
+    "Stage",
+    "Classification",
+    "Approval",
+    "EmailState",
+    "CustomerEmailProcess",
+    "CUSTOMER_EMAIL",
+    "reply_subject",
+    "timeout_timer",
+    "retry_timer",
+]
+
+NAME = "customer-email"
+VERSION = 1
+
+# ---------------------------------------------------------------- budgets (durable timers)
+
+# How long a step may take before the PM gives up on that attempt.
+STEP_TIMEOUTS: Mapping[Step, timedelta] = {
+    Step.CLASSIFY: timedelta(minutes=2),
+    Step.FETCH_ORDER: timedelta(seconds=30),
+    Step.FETCH_REFUND_POLICY: timedelta(seconds=30),
+    Step.DRAFT_REPLY: timedelta(minutes=3),
+    Step.SEND_EMAIL: timedelta(minutes=5),
+}
+# Retries after a timeout or a retryable failure, per step (attempts = 1 + retries).
+MAX_RETRIES: Mapping[Step, int] = {
+    Step.CLASSIFY: 2,
+    Step.FETCH_ORDER: 3,
+    Step.FETCH_REFUND_POLICY: 3,
+    Step.DRAFT_REPLY: 2,
+    Step.SEND_EMAIL: 2,  # only after a failure the consumer reports as not sent; a send timeout escalates
+}
+# Backoff before retrying a failed step: RETRY_BACKOFF * 2**(retry-1), at most RETRY_BACKOFF_MAX.
+# No jitter: decide is deterministic (the consumers jitter their own retries).
+RETRY_BACKOFF = timedelta(seconds=5)
+RETRY_BACKOFF_MAX = timedelta(minutes=5)
+# Drafts sent back with the guard's violations (a failed draft step counts too), then escalate.
+MAX_REPAIRS = 2
+# Approval: a reminder every APPROVAL_REMINDER while pending, escalation at APPROVAL_TIMEOUT.
+APPROVAL_REMINDER = timedelta(hours=4)
+APPROVAL_TIMEOUT = timedelta(hours=24)
+
+# ---------------------------------------------------------------- routing rules
+
+# Intents the process answers; anything else ("other", unknown) goes to a human.
+KNOWN_INTENTS = frozenset({"refund_request", "delivery_status", "complaint"})
+# Intents whose reply always needs a human approval (so does risk "high", and any draft offering money).
+REFUND_INTENTS = frozenset({"refund_request"})
+SEND_UNCERTAIN = "send uncertain: a human must check the mailbox"
+
+Stage = Literal["received", "classifying", "fetching", "drafting", "awaiting_approval", "sending", "done"]
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """The timing and budget knobs, defaulting to the constants above (tests and demos shorten them)."""
+
+    step_timeouts: Mapping[Step, timedelta] = field(default_factory=lambda: dict(STEP_TIMEOUTS))
+    max_retries: Mapping[Step, int] = field(default_factory=lambda: dict(MAX_RETRIES))
+    retry_backoff: timedelta = RETRY_BACKOFF
+    retry_backoff_max: timedelta = RETRY_BACKOFF_MAX
+    max_repairs: int = MAX_REPAIRS
+    approval_reminder: timedelta = APPROVAL_REMINDER
+    approval_timeout: timedelta = APPROVAL_TIMEOUT
+
+    def backoff(self, retry: int) -> timedelta:
+        return min(self.retry_backoff * 2 ** (retry - 1), self.retry_backoff_max)
+
+
+# ---------------------------------------------------------------- state
+
+
+class Classification(Model):
+    intent: str
+    risk: str
+    order_id: str | None = None
+    confidence: float
+
+
+class Approval(Model):
+    """The pending (or decided) approval: what the reviewer sees and must quote back."""
+
+    approval_id: str
+    draft_hash: str
+    policy_version: str
+    reasons: list[str]
+    requested_at: Timestamp
+    deadline: Timestamp
+    reminders: int = 0
+    decision: str | None = None  # approve / reject / edit, once applied
+    reviewer: str | None = None
+    decided_at: Timestamp | None = None
+
+
+class EmailState(ProcessState):
+    """Everything the process knows; a fold of its journal, readable in `pm inspect`."""
+
+    stage: Stage = "received"
+    email: Email
+    classification: Classification | None = None
+    order_id: str | None = None  # the order asked for (the e-mail's order_id, else the classification's)
+    order: Order | None = None
+    policy: RefundPolicy | None = None
+    draft: Draft | None = None  # the latest draft (the one approved / sent once it passed the guard)
+    violations: list[str] = Field(default_factory=list)  # guard findings sent back with the next draft
+    repairs: int = 0
+    attempts: dict[str, int] = Field(default_factory=dict)  # step -> last attempt issued
+    retries: dict[str, int] = Field(default_factory=dict)  # step -> retries used
+    pending: dict[str, str] = Field(default_factory=dict)  # step -> command_id awaiting its result
+    timers: dict[str, str] = Field(default_factory=dict)  # live timer_id -> name; anything else is stale
+    approval: Approval | None = None
+    sent_message_id: str | None = None
+
+
+# ---------------------------------------------------------------- IDs and helpers
+
+
+def timeout_timer(correlation_id: str, step: Step, attempt: int) -> str:
+    return derive_id(correlation_id, "timer", f"timeout:{step.value}", attempt)
+
+
+def retry_timer(correlation_id: str, step: Step, attempt: int) -> str:
+    """The backoff timer that issues `attempt` of `step` when it fires."""
+    return derive_id(correlation_id, "timer", f"retry:{step.value}", attempt)
+
+
+def reply_subject(subject: str) -> str:
+    return subject if subject[:3].lower() == "re:" else f"Re: {subject}"
+
+
+@dataclass
+class _Effects:
+    """What one decision produces, gathered while the handlers compute the next state."""
+
+    cause: Event
+    commands: list[Event] = field(default_factory=list)
+    publish: list[Event] = field(default_factory=list)
+    schedule: list[TimerSpec] = field(default_factory=list)
+    cancel: list[str] = field(default_factory=list)
+
+    def envelope(self, event_id: str) -> dict[str, Any]:
+        """Produced events: derived ID, caused by the input, stamped with the input's time."""
+        return {
+            "event_id": event_id,
+            "correlation_id": self.cause.correlation_id,
+            "causation_id": self.cause.event_id,
+            "occurred_at": self.cause.occurred_at,
+        }
+
+    def decision(self, state: EmailState) -> Decision[EmailState]:
+        return Decision(
+            state=state,
+            commands=tuple(self.commands),
+            publish=tuple(self.publish),
+            schedule=tuple(self.schedule),
+            cancel=tuple(self.cancel),
+        )
+
+
+_RESULT_STEP: Mapping[type[Event], Step] = {
+    EmailClassified: Step.CLASSIFY,
+    OrderFetched: Step.FETCH_ORDER,
+    RefundPolicyFetched: Step.FETCH_REFUND_POLICY,
+    ReplyDrafted: Step.DRAFT_REPLY,
+    EmailSent: Step.SEND_EMAIL,
+}
+
+
+# ---------------------------------------------------------------- the definition
+
+
+class CustomerEmailProcess:
+    """`ProcessDefinition` for the customer-service e-mail (deployed as `CUSTOMER_EMAIL`)."""
+
+    name = NAME
+    version = VERSION
+    state_type = EmailState
+    upcasters: Mapping[int, Upcaster] = {}
+
+    def __init__(self, budgets: Budgets | None = None) -> None:
+        self.budgets = budgets or Budgets()
+
+    def starts(self, event: Event) -> bool:
+        return isinstance(event, EmailReceived)
+
+    def initial_state(self, event: Event) -> EmailState:
+        assert isinstance(event, EmailReceived)
+        return EmailState(
+            correlation_id=event.correlation_id,
+            email=Email.model_validate(event.payload.model_dump()),
+        )
+
+    def decide(self, state: EmailState, event: Event) -> Decision[EmailState]:
+        if isinstance(event, ApprovalDecided):
+            return self._on_approval(state, event)
+        if state.terminal:
+            return Decision(state)  # late results, stale timers, anything: the process is over
+        fx = _Effects(event)
+        if isinstance(event, EmailReceived):
+            if state.stage != "received":
+                return Decision(state, rejection="e-mail already received for this process")
+            state = self._issue(state, Step.CLASSIFY, fx)
+            return fx.decision(state.model_copy(update={"stage": "classifying"}))
+        if isinstance(event, TimerFired):
+            return fx.decision(self._on_timer(state, event, fx))
+        step = _result_step(event)
+        if step is None and not isinstance(event, StepFailed):
+            return Decision(state, rejection=f"{event.type} is not an input of {NAME}")
+        if step is None or state.pending.get(step) != event.payload.command_id:
+            return Decision(state)  # an older attempt's late answer, or a command we never issued
+        state = _answered(state, step, fx)
+        if isinstance(event, StepFailed):
+            state = self._on_failed(state, step, event, fx)
+        elif isinstance(event, EmailClassified):
+            state = self._on_classified(state, event, fx)
+        elif isinstance(event, OrderFetched):
+            state = self._on_order(state, event, fx)
+        elif isinstance(event, RefundPolicyFetched):
+            state = self._on_policy(state, event, fx)
+        elif isinstance(event, ReplyDrafted):
+            state = self._on_draft(state, event.payload.draft, fx)
+        elif isinstance(event, EmailSent):
+            state = _finish(state, Status.SENT, None, fx, sent_message_id=event.payload.message_id)
+        return fx.decision(state)
+
+    # ------------------------------------------------------------ step results
+
+    def _on_classified(self, state: EmailState, event: EmailClassified, fx: _Effects) -> EmailState:
+        p = event.payload
+        state = state.model_copy(
+            update={
+                "classification": Classification(
+                    intent=p.intent, risk=p.risk, order_id=p.order_id, confidence=p.confidence
+                ),
+                # The e-mail's structured order_id (set upstream) beats the model's extraction.
+                "order_id": state.email.order_id or p.order_id,
+            }
+        )
+        if p.intent not in KNOWN_INTENTS:
+            return _escalate(state, f"intent {p.intent!r} is not handled automatically", fx)
+        # Every reply quotes an order (the guard checks it): without an order ID a human answers.
+        if state.order_id is None:
+            return _escalate(state, "no order ID in the e-mail or its classification", fx)
+        state = self._issue(state, Step.FETCH_ORDER, fx)
+        state = self._issue(state, Step.FETCH_REFUND_POLICY, fx)
+        return state.model_copy(update={"stage": "fetching"})
+
+    def _on_order(self, state: EmailState, event: OrderFetched, fx: _Effects) -> EmailState:
+        p = event.payload
+        if not p.found or p.order is None:
+            return _escalate(state, f"order {p.order_id} not found", fx)
+        if not order_belongs_to(p.order, state.email):
+            # A mistyped or hallucinated order ID must not put someone else's order in the reply.
+            return _escalate(state, f"order {p.order_id} belongs to another customer", fx)
+        return self._maybe_draft(state.model_copy(update={"order": p.order}), fx)
+
+    def _on_policy(self, state: EmailState, event: RefundPolicyFetched, fx: _Effects) -> EmailState:
+        return self._maybe_draft(state.model_copy(update={"policy": event.payload.policy}), fx)
+
+    def _maybe_draft(self, state: EmailState, fx: _Effects) -> EmailState:
+        """Fan in: draft once both the order and the policy are in, whichever came last."""
+        if state.order is None or state.policy is None:
+            return state
+        return self._issue(state.model_copy(update={"stage": "drafting"}), Step.DRAFT_REPLY, fx)
+
+    def _on_draft(self, state: EmailState, draft: Draft, fx: _Effects) -> EmailState:
+        assert state.order is not None and state.policy is not None
+        violations = check_draft(draft, order=state.order, policy=state.policy, email=state.email)
+        state = state.model_copy(update={"draft": draft, "violations": violations})
+        if violations:
+            return self._repair(state, f"draft failed the guard: {'; '.join(violations)}", fx)
+        reasons = self._approval_reasons(state, draft)
+        if reasons:
+            return self._request_approval(state, draft, reasons, fx)
+        return self._send(state, fx)
+
+    def _repair(self, state: EmailState, why: str, fx: _Effects, *, backoff: bool = False) -> EmailState:
+        """Send the draft back with its violations, or escalate once MAX_REPAIRS are used."""
+        if state.repairs >= self.budgets.max_repairs:
+            return _escalate(state, f"{why} (after {state.repairs} repairs)", fx)
+        state = state.model_copy(update={"repairs": state.repairs + 1})
+        if backoff:
+            return self._retry_later(state, Step.DRAFT_REPLY, state.repairs, fx)
+        return self._issue(state, Step.DRAFT_REPLY, fx)
+
+    def _on_failed(self, state: EmailState, step: Step, event: StepFailed, fx: _Effects) -> EmailState:
+        p = event.payload
+        if p.uncertain:
+            return _escalate(state, SEND_UNCERTAIN if step is Step.SEND_EMAIL else f"{step} uncertain", fx)
+        if step is Step.DRAFT_REPLY:
+            # A draft the model could not produce (e.g. schema-violating output) is repaired like a bad one.
+            state = state.model_copy(update={"violations": list(p.errors) or [p.reason]})
+            return self._repair(state, f"{step} failed: {p.reason}", fx, backoff=p.retryable)
+        retries = state.retries.get(step, 0)
+        if not p.retryable or retries >= self.budgets.max_retries[step]:
+            return _escalate(state, f"{step} failed: {p.reason}", fx)
+        state = state.model_copy(update={"retries": {**state.retries, step.value: retries + 1}})
+        return self._retry_later(state, step, retries + 1, fx)
+
+    # ------------------------------------------------------------ approval
+
+    def _approval_reasons(self, state: EmailState, draft: Draft) -> list[str]:
+        assert state.classification is not None
+        reasons = []
+        if state.classification.intent in REFUND_INTENTS:
+            reasons.append(f"refund intent ({state.classification.intent})")
+        if state.classification.risk == "high":
+            reasons.append("high risk")
+        if draft.refund_cents > 0:
+            reasons.append(f"offers a refund of {draft.refund_cents} cents")
+        return reasons
+
+    def _request_approval(
+        self, state: EmailState, draft: Draft, reasons: list[str], fx: _Effects
+    ) -> EmailState:
+        assert state.classification is not None and state.policy is not None
+        attempt = state.attempts[Step.DRAFT_REPLY]  # one approval per accepted draft
+        cid = state.correlation_id
+        requested_at = fx.cause.occurred_at
+        approval = Approval(
+            approval_id=derive_id(cid, "approval", attempt),
+            draft_hash=draft_hash(draft),
+            policy_version=state.policy.version,
+            reasons=reasons,
+            requested_at=requested_at,
+            deadline=requested_at + self.budgets.approval_timeout,
+        )
+        fx.publish.append(
+            ApprovalRequested(
+                **fx.envelope(derive_id(cid, "ApprovalRequested", approval.approval_id)),
+                payload=ApprovalRequestedPayload(
+                    approval_id=approval.approval_id,
+                    draft_hash=approval.draft_hash,
+                    policy_version=approval.policy_version,
+                    email=state.email,
+                    intent=state.classification.intent,
+                    risk=state.classification.risk,
+                    order=state.order,
+                    draft=draft,
+                    guard_verdict=list(state.violations),
+                    reasons=reasons,
+                    requested_at=approval.requested_at,
+                    deadline=approval.deadline,
+                ),
+            )
+        )
+        state = state.model_copy(
+            update={"approval": approval, "status": Status.WAITING_FOR_APPROVAL, "stage": "awaiting_approval"}
+        )
+        state = _set_timer(state, "approval-deadline", attempt, approval.deadline, fx)
+        first_reminder = requested_at + self.budgets.approval_reminder
+        if first_reminder < approval.deadline:
+            state = _set_timer(state, "approval-reminder", 1, first_reminder, fx)
+        return state
+
+    def _on_approval(self, state: EmailState, event: ApprovalDecided) -> Decision[EmailState]:
+        """Apply a (signature-checked) decision, or reject it and leave the state untouched."""
+        p = event.payload
+        approval = state.approval
+
+        def refuse(reason: str) -> Decision[EmailState]:
+            return Decision(state, rejection=reason)
+
+        if approval is None:
+            if state.terminal:
+                return refuse(f"late: process is already {state.status}")
+            return refuse("not waiting for approval: no approval was requested")
+        if p.approval_id != approval.approval_id:
+            return refuse(f"unknown approval_id {p.approval_id} (pending: {approval.approval_id})")
+        if approval.decision is not None:
+            return refuse(f"duplicate: approval already decided ({approval.decision} by {approval.reviewer})")
+        if state.terminal:
+            return refuse(f"late: process is already {state.status}")
+        if state.status != Status.WAITING_FOR_APPROVAL:
+            return refuse("not waiting for approval")
+        if p.decided_at > approval.deadline:
+            return refuse(
+                f"expired: decided at {p.decided_at.isoformat()}, deadline {approval.deadline.isoformat()}"
+            )
+        if p.draft_hash != approval.draft_hash:
+            return refuse("draft hash mismatch: the decision is for another version of the draft")
+        if p.policy_version != approval.policy_version:
+            return refuse(f"policy version mismatch: {p.policy_version} != {approval.policy_version}")
+
+        draft, order, policy = state.draft, state.order, state.policy
+        assert draft is not None and order is not None and policy is not None
+        if p.decision == "edit":
+            if not p.edited_body:
+                return refuse("edit without an edited body")
+            # Same structured claims, the reviewer's text; it must pass the same guard.
+            draft = draft.model_copy(update={"body": p.edited_body})
+            violations = check_draft(draft, order=order, policy=policy, email=state.email)
+            if violations:
+                return refuse(f"edited reply fails the guard: {'; '.join(violations)}")
+        fx = _Effects(event)
+        decided = approval.model_copy(
+            update={"decision": p.decision, "reviewer": p.reviewer, "decided_at": p.decided_at}
+        )
+        after = state.model_copy(update={"approval": decided})
+        if p.decision == "reject":
+            reason = f"rejected by {p.reviewer}: {p.reason or 'no reason given'}"
+            return fx.decision(_finish(after, Status.REJECTED, reason, fx))
+        after = after.model_copy(update={"draft": draft, "status": Status.RUNNING})
+        after = _cancel_timers(after, fx, names=("approval-deadline", "approval-reminder"))
+        return fx.decision(self._send(after, fx))
+
+    # ------------------------------------------------------------ timers
+
+    def _on_timer(self, state: EmailState, event: TimerFired, fx: _Effects) -> EmailState:
+        p = event.payload
+        if state.timers.get(p.timer_id) != p.name:
+            return state  # stale: cancelled, superseded, or its step already answered
+        state = state.model_copy(update={"timers": _without(state.timers, p.timer_id)})
+        kind, _, step_name = p.name.partition(":")
+        if kind == "timeout":
+            return self._on_timeout(state, Step(step_name), fx)
+        if kind == "retry":
+            return self._issue(state, Step(step_name), fx)
+        if kind == "approval-reminder":
+            return self._remind(state, p.due_at, fx)
+        if kind == "approval-deadline":
+            assert state.approval is not None
+            return _escalate(state, f"no approval decision by {state.approval.deadline.isoformat()}", fx)
+        raise ValueError(f"unknown timer {p.name!r}")  # a bug: only this file schedules timers
+
+    def _on_timeout(self, state: EmailState, step: Step, fx: _Effects) -> EmailState:
+        attempt = state.attempts[step]
+        state = state.model_copy(update={"pending": _without(state.pending, step.value)})
+        if step is Step.SEND_EMAIL:
+            # Resending could send twice: only a human can tell whether the first one went out.
+            return _escalate(state, f"{step} timed out: {SEND_UNCERTAIN}", fx)
+        retries = state.retries.get(step, 0)
+        if retries >= self.budgets.max_retries[step]:
+            return _escalate(state, f"{step} timed out after {attempt} attempts", fx)
+        state = state.model_copy(update={"retries": {**state.retries, step.value: retries + 1}})
+        return self._issue(state, step, fx)
+
+    def _remind(self, state: EmailState, due_at: datetime, fx: _Effects) -> EmailState:
+        approval = state.approval
+        assert approval is not None
+        n = approval.reminders + 1
+        fx.publish.append(
+            ApprovalReminder(
+                **fx.envelope(derive_id(state.correlation_id, "ApprovalReminder", approval.approval_id, n)),
+                payload=ApprovalReminderPayload(
+                    approval_id=approval.approval_id,
+                    requested_at=approval.requested_at,
+                    deadline=approval.deadline,
+                    reminder=n,
+                ),
+            )
+        )
+        state = state.model_copy(update={"approval": approval.model_copy(update={"reminders": n})})
+        next_due = due_at + self.budgets.approval_reminder
+        if next_due < approval.deadline:  # reminders stop at the deadline: bounded
+            state = _set_timer(state, "approval-reminder", n + 1, next_due, fx)
+        return state
+
+    # ------------------------------------------------------------ commands
+
+    def _issue(self, state: EmailState, step: Step, fx: _Effects) -> EmailState:
+        """Issue the next attempt of `step` (built from the state) with its timeout timer."""
+        attempt = state.attempts.get(step, 0) + 1
+        cmd_id = command_id(state.correlation_id, step, attempt)
+        fx.commands.append(_command(state, step, cmd_id, attempt, fx))
+        state = state.model_copy(
+            update={
+                "attempts": {**state.attempts, step.value: attempt},
+                "pending": {**state.pending, step.value: cmd_id},
+            }
+        )
+        due = fx.cause.occurred_at + self.budgets.step_timeouts[step]
+        return _set_timer(state, f"timeout:{step.value}", attempt, due, fx)
+
+    def _retry_later(self, state: EmailState, step: Step, retry: int, fx: _Effects) -> EmailState:
+        """Durable backoff: the command is issued when the retry timer fires."""
+        attempt = state.attempts[step] + 1
+        due = fx.cause.occurred_at + self.budgets.backoff(retry)
+        return _set_timer(state, f"retry:{step.value}", attempt, due, fx)
+
+    def _send(self, state: EmailState, fx: _Effects) -> EmailState:
+        return self._issue(state.model_copy(update={"stage": "sending"}), Step.SEND_EMAIL, fx)
+
+
+def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: _Effects) -> Event:
+    env = fx.envelope(cmd_id)
+    if step is Step.CLASSIFY:
+        return ClassifyEmail(
+            **env, payload=ClassifyEmailPayload(command_id=cmd_id, attempt=attempt, email=state.email)
+        )
+    if step is Step.FETCH_ORDER:
+        assert state.order_id is not None
+        return FetchOrder(
+            **env, payload=FetchOrderPayload(command_id=cmd_id, attempt=attempt, order_id=state.order_id)
+        )
+    assert state.classification is not None
+    if step is Step.FETCH_REFUND_POLICY:
+        return FetchRefundPolicy(
+            **env,
+            payload=FetchRefundPolicyPayload(
+                command_id=cmd_id, attempt=attempt, category=state.classification.intent
+            ),
+        )
+    if step is Step.DRAFT_REPLY:
+        assert state.policy is not None
+        return DraftReply(
+            **env,
+            payload=DraftReplyPayload(
+                command_id=cmd_id,
+                attempt=attempt,
+                email=state.email,
+                intent=state.classification.intent,
+                order=state.order,
+                policy=state.policy,
+                violations=list(state.violations),
+                previous_draft=state.draft if state.violations else None,
+            ),
+        )
+    assert state.draft is not None
+    return SendEmail(
+        **env,
+        payload=SendEmailPayload(
+            command_id=cmd_id,
+            attempt=attempt,
+            to=state.email.sender,
+            subject=reply_subject(state.email.subject),
+            body=state.draft.body,
+            in_reply_to=state.email.message_id,
+        ),
+    )
+
+
+def _result_step(event: Event) -> Step | None:
+    if isinstance(event, StepFailed):
+        try:
+            return Step(event.payload.step)
+        except ValueError:
+            return None
+    return _RESULT_STEP.get(type(event))
+
+
+def _without(mapping: dict[str, str], key: str) -> dict[str, str]:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+def _set_timer(state: EmailState, name: str, attempt: int, due_at: datetime, fx: _Effects) -> EmailState:
+    timer_id = derive_id(state.correlation_id, "timer", name, attempt)
+    fx.schedule.append(TimerSpec(timer_id=timer_id, name=name, due_at=due_at))
+    return state.model_copy(update={"timers": {**state.timers, timer_id: name}})
+
+
+def _cancel_timers(state: EmailState, fx: _Effects, *, names: tuple[str, ...] | None = None) -> EmailState:
+    """Cancel live timers (those named, or all of them)."""
+    keep: dict[str, str] = {}
+    for timer_id, name in state.timers.items():
+        if names is None or name in names:
+            fx.cancel.append(timer_id)
+        else:
+            keep[timer_id] = name
+    return state.model_copy(update={"timers": keep})
+
+
+def _answered(state: EmailState, step: Step, fx: _Effects) -> EmailState:
+    """The outstanding command of `step` answered: no longer pending, its timeout cancelled."""
+    state = state.model_copy(update={"pending": _without(state.pending, step.value)})
+    return _cancel_timers(state, fx, names=(f"timeout:{step.value}",))
+
+
+def _finish(state: EmailState, status: Status, reason: str | None, fx: _Effects, **update: Any) -> EmailState:
+    """Terminal: nothing outstanding, every timer cancelled."""
+    state = _cancel_timers(state, fx)
+    return state.model_copy(
+        update={"status": status, "reason": reason, "stage": "done", "pending": {}, **update}
+    )
+
+
+def _escalate(state: EmailState, reason: str, fx: _Effects) -> EmailState:
+    return _finish(state, Status.ESCALATED, reason, fx)
+
+
+CUSTOMER_EMAIL = CustomerEmailProcess()

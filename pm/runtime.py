@@ -1,0 +1,824 @@
+"""The process manager runtime: consume inputs, decide, journal, emit, all in one transaction per batch.
+
+Commit order of one batch (`ProcessManager.run_once`), modelled on Quix
+Streams' checkpoint:
+
+1. `begin_transaction`; for each input record: decode (bad -> `pm.dlq`), drop
+   duplicates (event ID already applied to that process), decide, produce the
+   journal entry, the commands and the published events. Due timers produce
+   their `TimerFired` in the same transaction.
+2. `flush`: every record of the transaction is delivered; the delivery reports
+   tell the journal offsets the store will record.
+3. `send_offsets_to_transaction`: the input offsets join the transaction.
+4. `commit_transaction`: journal, commands, DLQ records and input offsets
+   become visible together (exactly-once on Kafka).
+5. Only now the store: one RocksDB WriteBatch per partition store (states,
+   timer index, journal offset). A crash between 4 and 5 leaves the store
+   behind the journal; the catch-up on the next assignment folds the missing
+   entries, so nothing is lost, and the committed input offsets mean nothing
+   is decided twice.
+
+On an abortable error the transaction is aborted, the consumer rewound to the
+batch's first offsets and the batch's in-memory changes dropped (the cache and
+stores are only touched in step 5); the records are simply consumed again.
+On a broker that shows aborted records to read_committed readers, their
+journal entries carry the same derived event IDs as the retry, and folding
+skips inputs already applied, so the result is the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pm.codec import CodecError, decode, encode
+from pm.config import Config
+from pm.errors import PmError
+from pm.events import ApprovalDecided, DlqRecord, DlqRecordPayload, Event, derive_id
+from pm.journal import (
+    JOURNAL_TOPIC,
+    JournalError,
+    ProcessRecord,
+    Verifier,
+    advance,
+    build_entry,
+    evaluate,
+    fold_entry,
+    iter_journal,
+)
+from pm.kafka import make_admin, make_consumer, make_transactional_producer
+from pm.process import ProcessDefinition
+from pm.registry import Registry
+from pm.store import PartitionStore, StoreError, StoreWrite, TimerEntry, store_path
+from pm.timers import TimerService, fired_event
+from pm.topics import PM_INPUT_TOPICS, check_topics
+
+__all__ = [
+    "ProcessManager",
+    "RuntimeStats",
+    "FencedError",
+    "run_process_manager",
+    "default_definitions",
+    "stage_change",
+]
+
+EMAIL_TOPIC = "email.received"
+DLQ_TOPIC = "pm.dlq"
+TIMERS_TOPIC = "pm.timers"
+
+
+class FencedError(PmError, RuntimeError):
+    """Another instance with the same --instance-id took over; this one must stop."""
+
+
+def default_definitions() -> list[ProcessDefinition[Any]]:
+    """The deployed process definitions (`pm.processes.DEFINITIONS`)."""
+    from pm.processes import DEFINITIONS  # imported late: the runtime does not depend on one process
+
+    return list(DEFINITIONS)
+
+
+def stage_change(write: StoreWrite, old: ProcessRecord | None, new: ProcessRecord) -> None:
+    """Add a process record change to a store write: the record, timer index diff, active count."""
+    write.put_record(new.correlation_id, new.to_json())
+    old_timers = old.timers if old is not None else {}
+    for timer_id, (due_ms, _name) in old_timers.items():
+        if new.timers.get(timer_id, (None,))[0] != due_ms:
+            write.remove_timer(due_ms, timer_id)
+    for timer_id, (due_ms, name) in new.timers.items():
+        if old_timers.get(timer_id, (None,))[0] != due_ms:
+            write.add_timer(TimerEntry(new.correlation_id, timer_id, name, due_ms))
+    write.active_delta += int(new.active) - int(old.active if old is not None else False)
+
+
+@dataclass
+class RuntimeStats:
+    batches: int = 0
+    handled: int = 0  # inputs journaled
+    duplicates: int = 0
+    dlq: int = 0
+    timers_fired: int = 0
+    aborts: int = 0
+    deferred: int = 0  # email.received records put back because of backpressure
+
+
+@dataclass
+class _Change:
+    partition: int
+    before: ProcessRecord | None  # the record before this batch (for the store diff)
+    after: ProcessRecord
+    definition: ProcessDefinition[Any]
+    entry_id: str  # the last journal entry of this process in the batch
+
+
+@dataclass
+class Batch:
+    """Everything one transaction changes; dropped as a whole when the transaction aborts."""
+
+    changes: dict[str, _Change] = field(default_factory=dict)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    deferred: dict[tuple[str, int], int] = field(default_factory=dict)  # backpressure: put back from here
+    journal_offsets: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # entry id -> (partition, offset)
+    delivery_errors: list[str] = field(default_factory=list)
+    fired: list[TimerEntry] = field(default_factory=list)
+    handled: int = 0
+    duplicates: int = 0
+    dlq: int = 0
+    active_delta: int = 0
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        self.first_offsets.setdefault((topic, partition), offset)
+        self.next_offsets[(topic, partition)] = offset + 1
+
+    def on_journal_delivery(self, entry_id: str) -> Callable[[KafkaError | None, Message], None]:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self.delivery_errors.append(str(err))
+            else:
+                self.journal_offsets[entry_id] = (int(msg.partition() or 0), int(msg.offset() or 0))
+
+        return report
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.delivery_errors.append(str(err))
+
+
+class ProcessManager:
+    """One PM instance. `start()`, then `run_once()` in a loop (or `run(stop)`), then `close()`."""
+
+    def __init__(
+        self,
+        config: Config,
+        definitions: Sequence[ProcessDefinition[Any]] | None = None,
+        *,
+        max_active: int = 1000,
+        rebuild: bool = False,
+        verifier: Verifier | None = None,
+        cache_size: int = 10_000,
+        batch_size: int = 500,
+        log: TextIO | None = None,
+        timer_service: TimerService | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = Registry(definitions if definitions is not None else default_definitions())
+        self.max_active = max_active
+        self.rebuild = rebuild
+        self.verifier = verifier
+        self.cache_size = cache_size
+        self.batch_size = batch_size
+        self.log = log if log is not None else sys.stderr
+        self.timers = timer_service or TimerService()
+        self.stats = RuntimeStats()
+        self.stores: dict[int, PartitionStore] = {}
+        self._active: dict[int, int] = {}
+        self._cache: OrderedDict[str, tuple[int, ProcessRecord, ProcessDefinition[Any]]] = OrderedDict()
+        self._assignment: list[TopicPartition] = []
+        self._paused: list[TopicPartition] = []
+        self._journal_topic_id: str | None = None
+        self._producer: Producer | None = None
+        self._consumer: Consumer | None = None
+        self._telemetry: Any = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    @property
+    def producer(self) -> Producer:
+        if self._producer is None:
+            raise PmError("process manager not started")
+        return self._producer
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            raise PmError("process manager not started")
+        return self._consumer
+
+    @property
+    def transactional_id(self) -> str:
+        return f"pm-{self.config.topic_prefix}{self.config.instance_id}"
+
+    @property
+    def group_id(self) -> str:
+        return f"{self.config.topic_prefix}pm"
+
+    def start(self) -> None:
+        problems = check_topics(self.config)
+        if problems:
+            raise PmError("the topics do not fit the process manager:\n  " + "\n  ".join(problems))
+        self._journal_topic_id = self._topic_id(self.config.topic(JOURNAL_TOPIC))
+        try:
+            import pm.telemetry as telemetry
+
+            self._telemetry = telemetry
+        except ImportError:  # telemetry is optional for the runtime
+            self._telemetry = None
+        # The producer first: init_transactions fences and aborts what a previous run of this
+        # instance left open, which would otherwise hold read_committed (and our catch-up) back.
+        self._producer = make_transactional_producer(self.config, "pm", self.transactional_id)
+        self._consumer = make_consumer(
+            self.config, "pm", self.group_id, **{"group.instance.id": self.config.instance_id}
+        )
+        self.consumer.subscribe(
+            [self.config.topic(t) for t in PM_INPUT_TOPICS],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def close(self) -> None:
+        """Leave the group (stores closed by the revoke) and release everything."""
+        if self._consumer is not None:
+            with contextlib.suppress(KafkaException, RuntimeError):
+                self._consumer.close()
+            self._consumer = None
+        self._close_stores(list(self.stores))
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+    def run(self, stop: threading.Event, poll_timeout: float = 0.2) -> None:
+        while not stop.is_set():
+            self.run_once(poll_timeout)
+
+    def _topic_id(self, topic: str) -> str | None:
+        """The broker's topic ID (KIP-516) when it has one: a recreated topic gets a new one."""
+        try:
+            from confluent_kafka import TopicCollection
+
+            admin = make_admin(self.config, "pm-admin")
+            futures = admin.describe_topics(TopicCollection([topic]), request_timeout=10)
+            description = futures[topic].result(timeout=10)
+            topic_id = str(description.topic_id) if description.topic_id is not None else ""
+        except Exception:  # not all brokers/clients support it: the anchor check still applies
+            return None
+        if not topic_id or set(topic_id.replace("-", "")) <= {"0", "A"}:
+            return None
+        return topic_id
+
+    # ------------------------------------------------------------ rebalance
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assignment = list(partitions)
+        self._paused = []
+        self.timers.reset()
+        wanted = sorted({tp.partition for tp in partitions})
+        for partition in wanted:
+            if partition not in self.stores:
+                self._open_store(partition)
+        self._backpressure()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = sorted({tp.partition for tp in partitions})
+        self._close_stores(revoked)
+        self._cache.clear()
+        self.timers.reset()
+        self._assignment = [tp for tp in self._assignment if tp.partition not in revoked]
+        self._paused = [tp for tp in self._paused if tp.partition not in revoked]
+
+    def _close_stores(self, partitions: Iterable[int]) -> None:
+        for partition in list(partitions):
+            store = self.stores.pop(partition, None)
+            self._active.pop(partition, None)
+            if store is not None:
+                store.close()
+
+    def _open_store(self, partition: int) -> None:
+        path = store_path(self.config, partition)
+        store = PartitionStore(path, partition)
+        try:
+            problem = self._identity_problem(store)
+            if problem is None:
+                try:
+                    self._catch_up(store, partition)
+                except _AnchorMismatch as exc:
+                    problem = str(exc)
+            if problem is not None:
+                if not self.rebuild:
+                    raise StoreError(
+                        f"store {path} does not belong to journal {self.config.topic(JOURNAL_TOPIC)} "
+                        f"partition {partition} ({problem}): run `pm run pm --rebuild` to rebuild it from "
+                        "the journal, or point --state-dir elsewhere"
+                    )
+                print(f"pm: rebuilding store {path} ({problem})", file=self.log, flush=True)
+                store.destroy()
+                store = PartitionStore(path, partition)
+                self._catch_up(store, partition)
+        except BaseException:
+            store.close()
+            raise
+        if store.identity is None:
+            store.set_identity(
+                {"topic": self.config.topic(JOURNAL_TOPIC), "topic_id": self._journal_topic_id}
+            )
+        self.stores[partition] = store
+        self._active[partition] = store.active
+
+    def _identity_problem(self, store: PartitionStore) -> str | None:
+        identity = store.identity
+        if identity is None:
+            return None if store.anchor is None else "the store has no journal identity"
+        if identity.get("topic") != self.config.topic(JOURNAL_TOPIC):
+            return f"it was built from topic {identity.get('topic')}"
+        stored_id = identity.get("topic_id")
+        if stored_id and self._journal_topic_id and stored_id != self._journal_topic_id:
+            return f"topic ID {stored_id} recorded, the journal topic now has {self._journal_topic_id}"
+        return None
+
+    def _catch_up(self, store: PartitionStore, partition: int) -> None:
+        """Fold the journal partition from the store's position to its end, before any input is handled."""
+        anchor = store.anchor
+        start = anchor[0] if anchor is not None else 0
+        from_scratch = anchor is None
+        started = time.monotonic()
+        overlay: dict[str, ProcessRecord] = {}
+        write = StoreWrite()
+        folded = 0
+        anchored = anchor is None
+        try:
+            for record in iter_journal(self.config, [partition], {partition: start}):
+                if not anchored:
+                    # The record the store last folded must still be there, unchanged.
+                    if anchor is not None and (record.offset, record.entry.event_id) != anchor:
+                        raise _AnchorMismatch(
+                            f"journal offset {record.offset} holds {record.entry.event_id}, the store expected "
+                            f"{anchor[1]} at offset {anchor[0]}"
+                        )
+                    anchored = True
+                    continue
+                correlation_id = record.entry.correlation_id
+                before = overlay.get(correlation_id) or self._stored(store, correlation_id)
+                after = fold_entry(self.registry, before, record.entry, record.event, record.offset)
+                if after is not None:
+                    stage_change(write, before, after)
+                    overlay[correlation_id] = after
+                write.advance(record.offset, record.entry.event_id)
+                folded += 1
+                if folded % 5000 == 0:
+                    store.write(write)
+                    write, overlay = StoreWrite(), {}
+                    if from_scratch:
+                        print(
+                            f"pm: rebuilding partition {partition}: {folded} journal entries folded",
+                            file=self.log,
+                            flush=True,
+                        )
+        except JournalError as exc:
+            raise StoreError(f"catching up partition {partition}: {exc}") from exc
+        if not anchored:
+            raise _AnchorMismatch(
+                f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
+            )
+        store.write(write)
+        if from_scratch and folded:
+            elapsed = time.monotonic() - started
+            print(
+                f"pm: rebuilt partition {partition} from the journal: {folded} entries in {elapsed:.1f}s",
+                file=self.log,
+                flush=True,
+            )
+
+    def _stored(self, store: PartitionStore, correlation_id: str) -> ProcessRecord | None:
+        data = store.get_record(correlation_id)
+        if data is None:
+            return None
+        record, _definition = ProcessRecord.from_json(self.registry, correlation_id, data)
+        return record
+
+    # ------------------------------------------------------------ the batch
+
+    def run_once(self, timeout: float = 0.2) -> int:
+        """Consume one batch and commit it in one transaction; returns the number of inputs journaled."""
+        messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
+        due = self.timers.due(self.stores) if self.stores else []
+        if not messages and not due:
+            if self._paused:
+                self._backpressure()
+            return 0
+        batch = Batch()
+        try:
+            # 1. one transaction for the whole batch
+            self.producer.begin_transaction()
+            for message in messages:
+                self._handle(batch, message)
+            for partition, timer in due:
+                self._fire(batch, partition, timer)
+            # 2. everything delivered; the journal offsets are now known
+            self._flush(batch)
+            # 3. the input offsets become part of the transaction
+            offsets = self._commit_offsets(batch)
+            if offsets:
+                self.producer.send_offsets_to_transaction(
+                    offsets, self.consumer.consumer_group_metadata(), 30
+                )
+            # 4. commit: outputs and input offsets visible together
+            self._commit()
+        except KafkaException as exc:
+            self._abort(batch, exc)
+            return 0
+        except BaseException:
+            with contextlib.suppress(KafkaException):
+                self.producer.abort_transaction(10)
+            self._rewind(batch)
+            raise
+        # 5. the store, after the commit (a crash before this is repaired by catch-up)
+        self._apply(batch)
+        return batch.handled
+
+    def _handle(self, batch: Batch, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.fatal():
+                raise KafkaException(error)
+            print(f"pm: consumer: {error}", file=self.log, flush=True)
+            return
+        physical = str(message.topic())
+        partition = int(message.partition() or 0)
+        offset = int(message.offset() or 0)
+        if (physical, partition) in batch.deferred:
+            return  # this partition is put back for the rest of the batch
+        topic = self.config.logical_topic(physical)
+        raw = message.value()
+        if raw is None:
+            batch.consumed(physical, partition, offset)
+            self._dlq(batch, message, "record has no value", "EmptyRecord")
+            return
+        try:
+            event = decode(raw)
+        except CodecError as exc:
+            batch.consumed(physical, partition, offset)
+            self._dlq(batch, message, str(exc), type(exc).__name__)
+            return
+        correlation_id = event.correlation_id
+        before, definition = self._lookup(batch, correlation_id, partition)
+        if before is not None and before.seen(event.event_id):
+            batch.consumed(physical, partition, offset)
+            batch.duplicates += 1
+            return
+        if before is None:
+            starter = self.registry.starter(event)
+            if starter is None:
+                batch.consumed(physical, partition, offset)
+                self._dlq(
+                    batch,
+                    message,
+                    f"no process with correlation ID {correlation_id!r}, and a {event.type} does not start one",
+                    "UnknownProcess",
+                )
+                return
+            if topic == EMAIL_TOPIC and self._active_count(batch) >= self.max_active:
+                # Backpressure: put this record (and the rest of its partition) back; resume later.
+                batch.deferred[(physical, partition)] = offset
+                return
+            definition = starter
+            state = definition.initial_state(event)
+        else:
+            assert definition is not None
+            state = before.state
+        batch.consumed(physical, partition, offset)
+        with self._span(message, event, topic, partition, offset):
+            verifier = self.verifier if isinstance(event, ApprovalDecided) else None
+            outcome = evaluate(definition, state, event, verifier)
+            after = advance(definition, before, state, event, outcome, -1)
+            entry = build_entry(
+                definition,
+                event,
+                bytes(raw),
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                outcome=outcome,
+                status=after.status,
+            )
+            headers = self._trace_headers()
+            self._produce(
+                self.config.topic(JOURNAL_TOPIC),
+                encode(entry),
+                key=correlation_id,
+                partition=partition,  # the journal partition is the input partition (co-partitioned)
+                headers=headers,
+                on_delivery=batch.on_journal_delivery(entry.event_id),
+            )
+            if outcome.outcome == "applied" and outcome.decision is not None:
+                for output in (*outcome.decision.commands, *outcome.decision.publish):
+                    self._produce(
+                        self.config.topic(output.topic),
+                        encode(output),
+                        key=correlation_id,
+                        headers=headers,
+                        on_delivery=batch.on_delivery,
+                    )
+        previous = batch.changes.get(correlation_id)
+        batch.changes[correlation_id] = _Change(
+            partition=partition,
+            before=previous.before if previous is not None else before,
+            after=after,
+            definition=definition,
+            entry_id=entry.event_id,
+        )
+        batch.active_delta += int(after.active) - int(before.active if before is not None else False)
+        batch.handled += 1
+
+    def _lookup(
+        self, batch: Batch, correlation_id: str, partition: int
+    ) -> tuple[ProcessRecord | None, ProcessDefinition[Any] | None]:
+        """The process as of this point of the batch: batch overlay, then cache, then store."""
+        change = batch.changes.get(correlation_id)
+        if change is not None:
+            return change.after, change.definition
+        cached = self._cache.get(correlation_id)
+        if cached is not None:
+            self._cache.move_to_end(correlation_id)
+            return cached[1], cached[2]
+        store = self.stores.get(partition)
+        if store is None:
+            raise PmError(f"no store open for partition {partition} (not assigned?)")
+        data = store.get_record(correlation_id)
+        if data is None:
+            return None, None
+        record, definition = ProcessRecord.from_json(self.registry, correlation_id, data)
+        self._remember(correlation_id, partition, record, definition)
+        return record, definition
+
+    def _remember(
+        self, correlation_id: str, partition: int, record: ProcessRecord, definition: ProcessDefinition[Any]
+    ) -> None:
+        self._cache[correlation_id] = (partition, record, definition)
+        self._cache.move_to_end(correlation_id)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _fire(self, batch: Batch, partition: int, timer: TimerEntry) -> None:
+        event = fired_event(timer)
+        self._produce(
+            self.config.topic(TIMERS_TOPIC),
+            encode(event),
+            key=timer.correlation_id,
+            partition=partition,
+            headers=self._trace_headers(),
+            on_delivery=batch.on_delivery,
+        )
+        batch.fired.append(timer)
+
+    def _dlq(self, batch: Batch, message: Message, reason: str, error_type: str) -> None:
+        physical = str(message.topic())
+        partition = int(message.partition() or 0)
+        offset = int(message.offset() or 0)
+        key = message.key()
+        source = f"{physical}/{partition}/{offset}"
+        record = DlqRecord(
+            event_id=derive_id(source, "dlq"),
+            correlation_id=(key.decode("utf-8", "replace") if key else source) or source,
+            occurred_at=datetime.now(UTC),
+            payload=DlqRecordPayload(
+                source_topic=self.config.logical_topic(physical),
+                source_partition=partition,
+                source_offset=offset,
+                key=key,
+                value=message.value(),
+                reason=reason,
+                error_type=error_type,
+                failed_by="pm",
+            ),
+        )
+        headers = [
+            ("pm.reason", reason.encode()),
+            ("pm.error_type", error_type.encode()),
+            ("pm.source", source.encode()),
+        ]
+        self._produce(
+            self.config.topic(DLQ_TOPIC),
+            encode(record),
+            key=key,
+            headers=headers,
+            on_delivery=batch.on_delivery,
+        )
+        batch.dlq += 1
+        print(
+            f"pm: {source} -> {self.config.topic(DLQ_TOPIC)}: {error_type}: {reason}",
+            file=self.log,
+            flush=True,
+        )
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | bytes | None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+        on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {
+            "key": key,
+            "value": value,
+            "headers": headers or None,
+            "on_delivery": on_delivery,
+        }
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:  # local queue full: serve delivery reports and retry, never drop
+                self.producer.poll(0.1)
+
+    def _flush(self, batch: Batch) -> None:
+        remaining = self.producer.flush(60)
+        if remaining:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered"))
+        if batch.delivery_errors:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._FAIL, f"delivery failed: {batch.delivery_errors[0]}", txn_requires_abort=True
+                )
+            )
+
+    def _commit_offsets(self, batch: Batch) -> list[TopicPartition]:
+        offsets = dict(batch.next_offsets)
+        for key, offset in batch.deferred.items():
+            if key in batch.first_offsets:
+                offsets[key] = offset
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+
+    def _commit(self) -> None:
+        for attempt in range(5):
+            try:
+                self.producer.commit_transaction(30)
+                return
+            except KafkaException as exc:
+                error = exc.args[0]
+                if error.retriable() and not error.txn_requires_abort() and attempt < 4:
+                    continue
+                raise
+
+    def _abort(self, batch: Batch, exc: KafkaException) -> None:
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is not None and (
+            error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+        ):
+            raise FencedError(
+                f"transactional producer {self.transactional_id} can no longer commit ({error}): another "
+                "instance with the same --instance-id took over; stop this one"
+            ) from exc
+        print(f"pm: transaction aborted, retrying the batch: {exc}", file=self.log, flush=True)
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as abort_exc:
+            inner = abort_exc.args[0]
+            if isinstance(inner, KafkaError) and inner.fatal():
+                raise FencedError(f"cannot abort the transaction: {inner}") from abort_exc
+        self._rewind(batch)
+        self.stats.aborts += 1
+
+    def _rewind(self, batch: Batch) -> None:
+        """Put the consumer back to the batch's first offsets: the records will be consumed again."""
+        firsts = dict(batch.first_offsets)
+        for key, offset in batch.deferred.items():
+            firsts[key] = min(firsts.get(key, offset), offset)
+        for (topic, partition), offset in firsts.items():
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _apply(self, batch: Batch) -> None:
+        """Step 5: the committed batch goes to the stores (one WriteBatch each) and the cache."""
+        writes: dict[int, StoreWrite] = {}
+        for correlation_id, change in batch.changes.items():
+            located = batch.journal_offsets.get(change.entry_id)
+            if located is not None:
+                change.after.journal_offset = located[1]
+            write = writes.setdefault(change.partition, StoreWrite())
+            stage_change(write, change.before, change.after)
+            self.timers.settle(
+                t for t in (change.before.timers if change.before else {}) if t not in change.after.timers
+            )
+            self._remember(correlation_id, change.partition, change.after, change.definition)
+        for entry_id, (partition, offset) in batch.journal_offsets.items():
+            writes.setdefault(partition, StoreWrite()).advance(offset, entry_id)
+        for partition, write in writes.items():
+            store = self.stores.get(partition)
+            if store is not None:
+                store.write(write)
+                self._active[partition] = store.active
+        self.timers.mark_fired(batch.fired)
+        for (topic, partition), offset in batch.deferred.items():
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        self.stats.batches += 1
+        self.stats.handled += batch.handled
+        self.stats.duplicates += batch.duplicates
+        self.stats.dlq += batch.dlq
+        self.stats.timers_fired += len(batch.fired)
+        self.stats.deferred += len(batch.deferred)
+        self._backpressure(force_pause=bool(batch.deferred))
+
+    # ------------------------------------------------------------ backpressure
+
+    def active_count(self) -> int:
+        """Processes with status running on this instance (waiting for a human does not count)."""
+        return sum(self._active.values())
+
+    def _active_count(self, batch: Batch) -> int:
+        return self.active_count() + batch.active_delta
+
+    def _backpressure(self, force_pause: bool = False) -> None:
+        emails = [tp for tp in self._assignment if tp.topic == self.config.topic(EMAIL_TOPIC)]
+        if not emails:
+            return
+        if (force_pause or self.active_count() >= self.max_active) and not self._paused:
+            self.consumer.pause(emails)
+            self._paused = emails
+            print(
+                f"pm: {self.active_count()} active processes (max {self.max_active}): pausing new e-mails",
+                file=self.log,
+                flush=True,
+            )
+        elif self._paused and self.active_count() < self.max_active:
+            self.consumer.resume(self._paused)
+            self._paused = []
+
+    @property
+    def paused(self) -> list[TopicPartition]:
+        return list(self._paused)
+
+    # ------------------------------------------------------------ telemetry
+
+    def _span(self, message: Message, event: Event, topic: str, partition: int, offset: int) -> Any:
+        telemetry = self._telemetry
+        if telemetry is None:
+            return contextlib.nullcontext()
+        return telemetry.tracer().start_as_current_span(
+            f"pm.handle {event.type}",
+            context=telemetry.extract(message.headers()),
+            attributes={
+                "correlation_id": event.correlation_id,
+                "event_id": event.event_id,
+                "type": event.type,
+                "messaging.destination.name": topic,
+                "messaging.kafka.partition": partition,
+                "messaging.kafka.offset": offset,
+            },
+        )
+
+    def _trace_headers(self) -> list[tuple[str, bytes]]:
+        if self._telemetry is None:
+            return []
+        return list(self._telemetry.inject([]))
+
+
+class _AnchorMismatch(Exception):
+    pass
+
+
+def run_process_manager(
+    config: Config,
+    *,
+    max_active: int = 1000,
+    rebuild: bool = False,
+    stop: threading.Event | None = None,
+    definitions: Sequence[ProcessDefinition[Any]] | None = None,
+    verifier: Verifier | None = None,
+    log: TextIO | None = None,
+    on_started: Callable[[ProcessManager], None] | None = None,
+) -> RuntimeStats:
+    """Run one PM instance until `stop` is set or SIGTERM/SIGINT arrives (main thread only)."""
+    stop = stop or threading.Event()
+    if verifier is None:
+        try:
+            from pm.approvals import ApprovalVerifier
+
+            verifier = ApprovalVerifier(config)
+        except ImportError:
+            verifier = None
+    manager = ProcessManager(
+        config, definitions, max_active=max_active, rebuild=rebuild, verifier=verifier, log=log
+    )
+    previous: dict[signal.Signals, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    try:
+        manager.start()
+        if on_started is not None:
+            on_started(manager)
+        manager.run(stop)
+    finally:
+        manager.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return manager.stats

@@ -1,0 +1,166 @@
+"""Helpers for the step-consumer tests: build commands, produce them, run a consumer, read results."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from consumers.base import StepConsumer
+from pm.codec import decode, encode
+from pm.config import Config
+from pm.events import (
+    Email,
+    Event,
+    FetchOrder,
+    FetchOrderPayload,
+    FetchRefundPolicy,
+    FetchRefundPolicyPayload,
+    SendEmail,
+    SendEmailPayload,
+    command_id,
+    derive_id,
+)
+from pm.kafka import make_consumer, make_producer
+
+__all__ = [
+    "fetch_order",
+    "fetch_policy",
+    "send_email",
+    "produce",
+    "produce_raw",
+    "Reader",
+    "running",
+    "EMAIL",
+]
+
+NOW = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
+EMAIL = Email(
+    message_id="<m1@mail.example>",
+    sender="jane@example.com",
+    recipient="support@example.com",
+    subject="Where is my order?",
+    body="My order hasn't arrived.",
+    received_at=NOW,
+    order_id="A-1001",
+)
+
+
+def _ids(step: str, correlation_id: str | None, attempt: int) -> tuple[str, str, str]:
+    corr = correlation_id or f"c-{uuid.uuid4().hex[:8]}"
+    cid = command_id(corr, step, attempt)
+    return corr, cid, derive_id(cid, "event")
+
+
+def fetch_order(order_id: str, correlation_id: str | None = None, attempt: int = 1) -> FetchOrder:
+    corr, cid, eid = _ids("fetch-order", correlation_id, attempt)
+    return FetchOrder(
+        event_id=eid,
+        correlation_id=corr,
+        occurred_at=NOW,
+        payload=FetchOrderPayload(command_id=cid, attempt=attempt, order_id=order_id),
+    )
+
+
+def fetch_policy(
+    category: str, correlation_id: str | None = None, at: datetime = NOW, attempt: int = 1
+) -> FetchRefundPolicy:
+    corr, cid, eid = _ids("fetch-refund-policy", correlation_id, attempt)
+    return FetchRefundPolicy(
+        event_id=eid,
+        correlation_id=corr,
+        occurred_at=at,
+        payload=FetchRefundPolicyPayload(command_id=cid, attempt=attempt, category=category),
+    )
+
+
+def send_email(to: str = "jane@example.com", correlation_id: str | None = None, attempt: int = 1) -> SendEmail:
+    corr, cid, eid = _ids("send-email", correlation_id, attempt)
+    return SendEmail(
+        event_id=eid,
+        correlation_id=corr,
+        occurred_at=NOW,
+        payload=SendEmailPayload(
+            command_id=cid,
+            attempt=attempt,
+            to=to,
+            subject="Re: Where is my order?",
+            body="We refunded your shipping.",
+            in_reply_to="m1@mail.example",
+        ),
+    )
+
+
+def produce(config: Config, *events: Event, headers: list[tuple[str, bytes]] | None = None) -> None:
+    producer = make_producer(config, "test")
+    for event in events:
+        producer.produce(
+            config.topic(event.topic), value=encode(event), key=event.correlation_id.encode(), headers=headers
+        )
+    assert producer.flush(10) == 0
+
+
+def produce_raw(config: Config, topic: str, key: bytes, value: bytes) -> None:
+    producer = make_producer(config, "test")
+    producer.produce(config.topic(topic), value=value, key=key)
+    assert producer.flush(10) == 0
+
+
+class Reader:
+    """Reads a topic from the start in its own group; `take(n)` returns n decoded events (raw kept too)."""
+
+    def __init__(self, config: Config, topic: str = "step.results") -> None:
+        self.consumer = make_consumer(config, "test-reader", f"reader-{uuid.uuid4().hex[:8]}")
+        self.consumer.subscribe([config.topic(topic)])
+        self.raw: list[Any] = []
+
+    def take(self, n: int, timeout: float = 20.0) -> list[Event]:
+        deadline = time.monotonic() + timeout
+        got: list[Any] = []
+        while len(got) < n and time.monotonic() < deadline:
+            msg = self.consumer.poll(0.1)
+            if msg is None or msg.error():
+                continue
+            got.append(msg)
+        self.raw.extend(got)
+        assert len(got) == n, f"expected {n} records, got {len(got)}"
+        return [decode(m.value()) for m in got]
+
+    def nothing_more(self, wait: float = 1.0) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            msg = self.consumer.poll(0.1)
+            if msg is not None and not msg.error():
+                self.raw.append(msg)
+                return False
+        return True
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+@contextmanager
+def running(consumer: StepConsumer) -> Iterator[StepConsumer]:
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "consumer did not stop"
+    if errors:
+        raise errors[0]

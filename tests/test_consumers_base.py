@@ -1,0 +1,184 @@
+"""The step-consumer base through a real broker, with a scripted handler (the base is under test)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from confluent_kafka import TopicPartition
+from consumer_kit import Reader, fetch_order, produce, produce_raw, running
+
+from consumers.base import OffsetTracker, RetryPolicy, StepConsumer
+from consumers.step import PermanentError, TransientError, result_event
+from pm.codec import decode
+from pm.config import Config
+from pm.events import DlqRecord, Event, OrderFetched, OrderFetchedPayload, Step, StepFailed
+from pm.kafka import make_consumer
+
+FAST = RetryPolicy(tries=3, base_delay=0.01, max_delay=0.05)
+
+
+class Scripted:
+    """A fetch-order handler whose behaviour per call is a function; counts calls and concurrency."""
+
+    step = Step.FETCH_ORDER
+
+    def __init__(self, behaviour: Callable[[Event, int], None] | None = None) -> None:
+        self.behaviour = behaviour or (lambda command, call: None)
+        self.calls: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+
+    def handle(self, command: Event, now: datetime) -> Event:
+        with self.lock:
+            call = self.calls.get(command.payload.command_id, 0) + 1
+            self.calls[command.payload.command_id] = call
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self.behaviour(command, call)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+        payload = command.payload
+        return result_event(
+            command,
+            OrderFetched,
+            OrderFetchedPayload(command_id=payload.command_id, attempt=1, order_id=payload.order_id, found=False),
+            now,
+        )
+
+
+def test_offset_tracker_commits_only_contiguous_prefix() -> None:
+    tracker = OffsetTracker()
+    tp = ("t", 0)
+    for offset in (5, 6, 7):
+        tracker.add(tp, offset)
+    tracker.done(tp, 6)
+    tracker.done(tp, 7)
+    assert tracker.take_commits() == []
+    tracker.done(tp, 5)
+    assert [(c.partition, c.offset) for c in tracker.take_commits()] == [(0, 8)]
+    assert tracker.pending() == 0
+
+
+def test_transient_errors_retried_then_retryable_failure(topics: Config) -> None:
+    def always(command: Event, call: int) -> None:
+        raise TransientError(f"down (call {call})")
+
+    handler = Scripted(always)
+    reader = Reader(topics)
+    command = fetch_order("A-1")
+    with running(StepConsumer(topics, handler, retry=FAST)):
+        produce(topics, command)
+        (result,) = reader.take(1)
+    assert isinstance(result, StepFailed)
+    assert result.payload.retryable is True and result.payload.uncertain is False
+    assert "gave up after 3 tries" in result.payload.reason and "down (call 3)" in result.payload.reason
+    assert handler.calls[command.payload.command_id] == 3
+    assert result.causation_id == command.event_id and result.correlation_id == command.correlation_id
+
+
+def test_transient_then_success_permanent_and_bug(topics: Config) -> None:
+    def script(command: Event, call: int) -> None:
+        order_id = command.payload.order_id
+        if order_id == "flaky" and call < 3:
+            raise TransientError("blip")
+        if order_id == "bad":
+            raise PermanentError("bad input", ["order_id: not a real order"])
+        if order_id == "bug":
+            raise KeyError("oops")
+
+    handler = Scripted(script)
+    reader = Reader(topics)
+    commands = [fetch_order(name) for name in ("flaky", "bad", "bug")]
+    with running(StepConsumer(topics, handler, retry=FAST)):
+        produce(topics, *commands)
+        results = {r.causation_id: r for r in reader.take(3)}
+    flaky, bad, bug = (results[c.event_id] for c in commands)
+    assert isinstance(flaky, OrderFetched)
+    assert handler.calls[commands[0].payload.command_id] == 3
+    assert isinstance(bad, StepFailed) and bad.payload.retryable is False
+    assert bad.payload.reason == "bad input" and bad.payload.errors == ["order_id: not a real order"]
+    assert isinstance(bug, StepFailed) and bug.payload.retryable is False
+    assert bug.payload.reason.startswith("KeyError")
+
+
+def test_redelivered_command_republishes_the_recorded_result(topics: Config) -> None:
+    handler = Scripted()
+    reader = Reader(topics)
+    command = fetch_order("A-1")
+    with running(StepConsumer(topics, handler)):
+        produce(topics, command)
+        reader.take(1)
+        produce(topics, command)  # the PM (or a broker quirk) sends it again
+        reader.take(1)
+    with running(StepConsumer(topics, Scripted())):  # a restarted consumer: the ledger still answers
+        produce(topics, command)
+        reader.take(1)
+    assert handler.calls == {command.payload.command_id: 1}
+    values = [m.value() for m in reader.raw]
+    assert values[0] == values[1] == values[2]
+
+
+def test_concurrency_cap_and_no_head_of_line_blocking(topics: Config) -> None:
+    release = threading.Event()
+    corr = f"slow-{uuid.uuid4().hex[:6]}"
+
+    def script(command: Event, call: int) -> None:
+        if command.correlation_id == corr:
+            release.wait(20)
+        else:
+            time.sleep(0.15)
+
+    handler = Scripted(script)
+    reader = Reader(topics)
+    consumer = StepConsumer(topics, handler, concurrency=3)
+    blocker = fetch_order("slow", correlation_id=corr)
+    # o1 shares the blocker's correlation ID (so its partition) but is another command (attempt 2).
+    others = [
+        fetch_order(f"o{i}", correlation_id=corr if i == 1 else None, attempt=2 if i == 1 else 1) for i in range(1, 13)
+    ]
+    with running(consumer):
+        produce(topics, blocker, *others)
+        # Everything but the blocked command completes while it is still blocked.
+        done = reader.take(len(others))
+        assert not release.is_set() and handler.in_flight == 1
+        assert {r.causation_id for r in done} == {c.event_id for c in others}
+        # The blocker's partition is not committed past it while it runs.
+        probe = make_consumer(topics, "probe", consumer.group_id)
+        partitions = [TopicPartition(consumer.topic, p) for p in range(6)]
+        committed = {tp.partition: tp.offset for tp in probe.committed(partitions, timeout=10)}
+        probe.close()
+        assert committed[_partition_of(reader, corr)] in (0, -1001)  # blocker is offset 0 there
+        release.set()
+        reader.take(1)
+    assert handler.max_in_flight == 3
+
+
+def _partition_of(reader: Reader, corr: str) -> int:
+    # Results share the key with their command, and both topics have 6 partitions (murmur2).
+    return next(m.partition() for m in reader.raw if m.key() == corr.encode())
+
+
+def test_undecodable_command_to_dlq_and_next_processed(topics: Config) -> None:
+    handler = Scripted()
+    reader = Reader(topics)
+    dlq = Reader(topics, "pm.dlq")
+    command = fetch_order("A-1")
+    with running(StepConsumer(topics, handler)):
+        produce_raw(topics, "cmd.fetch-order", command.correlation_id.encode(), b"\xc3\x01garbage")
+        produce(topics, command)
+        (result,) = reader.take(1)
+        (record,) = dlq.take(1)
+    assert isinstance(result, OrderFetched)
+    assert isinstance(record, DlqRecord)
+    assert record.payload.source_topic == "cmd.fetch-order" and record.payload.value == b"\xc3\x01garbage"
+    assert record.payload.failed_by == "step-fetch-order"
+    headers = dict(dlq.raw[0].headers())
+    assert headers["dlq.error_type"] == b"CodecError" and headers["dlq.reason"]
+    assert decode(dlq.raw[0].value()) == record
