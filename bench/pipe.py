@@ -48,9 +48,10 @@ def measure_pipe(config: Config, count: int) -> float:
     deadline = time.monotonic() + 300
     while done < count and time.monotonic() < deadline:
         for msg in consumer.consume(1000, timeout=0.5):
-            if msg.error() is not None:
-                if msg.error().code() != KafkaError._PARTITION_EOF:
-                    raise RuntimeError(msg.error())
+            error = msg.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    raise RuntimeError(error)
                 continue
             if started is None:
                 started = time.perf_counter()

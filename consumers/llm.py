@@ -17,9 +17,11 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import openai
+from openai.types.chat import ChatCompletionMessageParam
+from openai.types.shared_params import ResponseFormatJSONSchema
 from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, ValidationError
 
@@ -154,18 +156,19 @@ class OpenAICompatibleProvider:
         )
 
     def complete(self, request: LlmRequest[Any]) -> LlmResponse:
+        response_format: ResponseFormatJSONSchema = {
+            "type": "json_schema",
+            "json_schema": {
+                "name": request.name,
+                "schema": strict_json_schema(request.output),
+                "strict": True,
+            },
+        }
         try:
             response = self._client.chat.completions.create(
                 model=self.model,
-                messages=request.messages,  # type: ignore[arg-type]
-                response_format={
-                    "type": "json_schema",
-                    "json_schema": {
-                        "name": request.name,
-                        "schema": strict_json_schema(request.output),
-                        "strict": True,
-                    },
-                },
+                messages=cast(list[ChatCompletionMessageParam], request.messages),
+                response_format=response_format,
             )
         except (openai.APITimeoutError, openai.APIConnectionError) as exc:
             raise TransientError(f"LLM endpoint {self.base_url} unreachable: {exc}") from exc

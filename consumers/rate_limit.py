@@ -39,7 +39,9 @@ class TokenBucket:
     def wait_for(self, amount: float) -> float:
         """Seconds until `amount` can be taken. More than the capacity needs a full bucket, then goes into debt."""
         need = min(amount, self.capacity)
-        return 0.0 if self.level >= need else (need - self.level) / self.rate
+        # The epsilon absorbs float rounding of the refill, which could otherwise ask for a sleep
+        # too short to move the clock.
+        return 0.0 if self.level + 1e-9 >= need else (need - self.level) / self.rate
 
     def take(self, amount: float) -> None:
         self.level -= amount

@@ -300,6 +300,13 @@ class ApprovalVerifier:
     def __call__(self, event: Event) -> str | None:
         if not isinstance(event, ApprovalDecided):
             return None
+        refused = self.check_signature(event)
+        if refused is not None:
+            return refused
+        return self.check_reviewer(event)
+
+    def check_signature(self, event: ApprovalDecided) -> str | None:
+        """Authenticity only: signed, with a known key, and the signature matches."""
         payload = event.payload
         if not payload.signature or not payload.key_id:
             return f"{UNSIGNED}: the decision carries no key_id/signature; sign it (docs/approvals.md)"
@@ -311,6 +318,11 @@ class ApprovalVerifier:
         expected = compute_signature(event.correlation_id, payload, secret)
         if not hmac.compare_digest(expected.encode(), payload.signature.lower().encode("utf-8")):
             return f"{BAD_SIGNATURE}: the signature does not match the decision under key {payload.key_id!r}"
+        return None
+
+    def check_reviewer(self, event: ApprovalDecided) -> str | None:
+        """The reviewer is on the allow-list (an empty list refuses everyone)."""
+        payload = event.payload
         if not self._reviewers:
             self._reload()
         if not self._reviewers:

@@ -139,20 +139,21 @@ class SchemaRegistry:
 
 
 @lru_cache(maxsize=4)
-def _registry_for(directory: Path) -> SchemaRegistry:
-    return SchemaRegistry(directory)
+def _registry_for(named_dir: str | None) -> SchemaRegistry:
+    return SchemaRegistry(Path(named_dir) if named_dir else schema_dir())
 
 
 def registry() -> SchemaRegistry:
-    """The schemas of `schema_dir()`, loaded and parsed once."""
-    return _registry_for(schema_dir())
+    """The schemas of `schema_dir()`, loaded and parsed once (cached per PM_SCHEMA_DIR value)."""
+    return _registry_for(os.environ.get("PM_SCHEMA_DIR"))
 
 
 def schema_for(type_name: str) -> SchemaInfo:
     """The latest schema of an event type."""
-    info = registry().latest.get(type_name)
+    known = registry()
+    info = known.latest.get(type_name)
     if info is None:
-        raise CodecError(f"no schema for event type {type_name!r} in {registry().directory}")
+        raise CodecError(f"no schema for event type {type_name!r} in {known.directory}")
     return info
 
 
@@ -179,10 +180,11 @@ def _writer(data: bytes | bytearray | memoryview) -> SchemaInfo:
         head = bytes(data[:HEADER_SIZE]).hex(" ")
         raise CodecError(f"not an Avro single-object encoded event (expected marker c3 01, got {head!r})")
     fp = bytes(data[2:HEADER_SIZE])
-    info = registry().by_fingerprint.get(fp)
+    known = registry()
+    info = known.by_fingerprint.get(fp)
     if info is None:
         raise CodecError(
-            f"unknown schema fingerprint {fp.hex()} (no such schema version in {registry().directory})"
+            f"unknown schema fingerprint {fp.hex()} (no such schema version in {known.directory})"
         )
     return info
 
@@ -196,7 +198,7 @@ def decode(data: bytes | bytearray | memoryview) -> Event:
     """The event in a record value, as its pydantic class, read with the latest schema of its type."""
     writer = _writer(data)
     cls = EVENT_TYPES.get(writer.type_name)
-    reader = registry().latest.get(writer.type_name)
+    reader = registry().latest.get(writer.type_name)  # cached: a dict lookup after the first call
     if cls is None or reader is None:
         raise CodecError(
             f"schema {writer.path.name} is for event type {writer.type_name!r}, which pm does not know"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from confluent_kafka import TopicPartition
 
+from pm.approvals import ensure_local_key
 from pm.broker import LocalBroker, free_port, launch
 from pm.client import EmailPublisher
 from pm.codec import CodecError, decode
@@ -29,12 +30,14 @@ from pm.config import Config
 from pm.errors import PmError
 from pm.events import JournalEntry
 from pm.kafka import make_consumer
+from pm.replay import inspect_process
 from pm.review import ReviewClient
 from pm.topics import apply_topics, load_layout
 
 __all__ = ["run_demo", "DemoFailed"]
 
 SEED_ORDER = "A-1001"
+_DEAD_ENDS = frozenset({"escalated", "failed", "rejected"})  # no demo process should end like this
 WAIT_SECONDS = 60.0
 
 
@@ -126,16 +129,21 @@ class JournalWatcher:
         while not check(self.progress):
             if time.monotonic() > deadline:
                 raise DemoFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+            stuck = {self._labels.get(c, c): s for c, s in self.progress.status.items() if s in _DEAD_ENDS}
+            if stuck:
+                raise DemoFailed(f"waiting for {what}, but a process ended unexpectedly: {stuck}")
             self.poll(0.2)
 
     def close(self) -> None:
         self._consumer.close()
 
 
-def _email(message_id: str, subject: str, body: str, order_id: str | None) -> dict[str, object]:
+def _email(
+    message_id: str, subject: str, body: str, order_id: str | None, sender: str = "jane@example.com"
+) -> dict[str, object]:
     return {
         "message_id": message_id,
-        "sender": "jane@example.com",
+        "sender": sender,
         "recipient": "support@example.com",
         "subject": subject,
         "body": body,
@@ -174,6 +182,8 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
         children: list[Child] = []
         broker: LocalBroker | None = None
         watcher: JournalWatcher | None = None
+        publisher: EmailPublisher | None = None
+        review: ReviewClient | None = None
         try:
             _step("1. local broker, topics, services")
             broker = launch(free_port(), work / "broker.log")
@@ -228,7 +238,11 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
                     )
                 ),
             ]
-            # The review tool's key must exist before the PM loads its verifier.
+            # The review tool's signing key lives in the state dir; the PM verifies with the same file.
+            key_id, _, created = ensure_local_key(config)
+            print(
+                f"approval signing key {key_id} {'generated into' if created else 'found in'} {config.state_dir}"
+            )
             review = ReviewClient(config)
             for child in services:
                 child.start(env)
@@ -288,8 +302,9 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
                 )
             else:
                 published = review.approve(approval.approval_id, "demo-reviewer")
+                event = published.event
                 print(
-                    f"published signed approval {published.event_id} (key {published.payload.key_id}) to approvals"
+                    f"published signed approval {event.event_id} (key {event.payload.key_id}) to {published.topic}"
                 )
             watcher.wait_for(
                 "the refund e-mail to be sent",
@@ -308,14 +323,20 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             refund_mail = [m for m in messages if refund_id in str(m.get("In-Reply-To", ""))]
             if len(refund_mail) != 1:
                 raise DemoFailed("expected the refund reply exactly once")
-            print("\n" + "    " + str(refund_mail[0].get_payload()).strip().replace("\n", "\n    "))
+            raw = refund_mail[0].get_payload(decode=True)
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+            print("\n    " + text.strip().replace("\n", "\n    "))
 
             _step("6. kill -9 the PM mid-process, restart it")
             crash_id = f"<crash-{int(time.time())}@mail.example.com>"
             labels[crash_id] = "crash"
             publisher.publish(
                 _email(
-                    crash_id, "Tracking for A-1002?", "Where is my order A-1002? tracking please", "A-1002"
+                    crash_id,
+                    "Tracking for A-1002?",
+                    "Hello, where is my order A-1002? Could you send me a tracking update?",
+                    "A-1002",
+                    sender="omar@example.com",
                 )
             )
             publisher.flush()
@@ -360,17 +381,31 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             return 0
         except DemoFailed as exc:
             print(f"\nDEMO FAILED: {exc}\nlogs: {work / 'logs'}", file=sys.stderr)
+            if watcher is not None and broker is not None:
+                _explain(config, watcher.progress)
             if workdir is None:
                 _dump_logs(work / "logs")
             return 1
         finally:
             if watcher is not None:
                 watcher.close()
+            if publisher is not None:
+                publisher.close()
+            if review is not None:
+                review.close()
             for child in reversed(children):
                 child.kill()
             if broker is not None:
                 broker.stop()
             print(f"stopped {len(children)} processes and the broker")
+
+
+def _explain(config: Config, progress: Progress) -> None:
+    """Why each unfinished or dead-ended process is where it is (from the journal, via inspect)."""
+    for cid, status in progress.status.items():
+        if status != "sent":
+            info = inspect_process(config, cid)
+            print(f"  {cid}: {status}, reason: {info.get('reason')}", file=sys.stderr)
 
 
 def _dump_logs(logs: Path) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "MAX_PROCESSED",
     "JournalRecord",
     "JournalError",
+    "JournalIdle",
     "Outcome",
     "ProcessRecord",
     "Verifier",
@@ -48,6 +49,10 @@ Verifier = Callable[[Event], str | None]
 
 class JournalError(PmError, RuntimeError):
     """The journal cannot be read (or holds something that is not a journal entry)."""
+
+
+class JournalIdle(JournalError):
+    """Nothing arrived for `idle_timeout` (an open transaction, or an offset past the end on some brokers)."""
 
 
 class JournalRecord(NamedTuple):
@@ -262,13 +267,17 @@ def iter_journal(
     *,
     idle_timeout: float = 30.0,
     decode_events: bool = True,
+    reset: str = "earliest",
 ) -> Iterator[JournalRecord]:
     """Every journal record of `partitions` (all when None) from `start` to the end, per partition in order.
 
     `start`: None = the beginning, an int = that offset on every partition, a mapping =
     per-partition offsets. "The end" is the partition EOF event (`enable.partition.eof`),
     never a watermark fetched up front (wrong on some brokers). `idle_timeout` bounds the
-    wait when nothing arrives (e.g. an open transaction holds read_committed back).
+    wait when nothing arrives (e.g. an open transaction holds read_committed back) with
+    `JournalIdle`. `reset="error"` makes a start offset past the end an error instead of a
+    silent restart from the beginning (Kafka reports it; some brokers just send nothing,
+    which the idle timeout catches).
     """
     topic = config.topic(JOURNAL_TOPIC)
     wanted = journal_partitions(config) if partitions is None else sorted(partitions)
@@ -286,7 +295,7 @@ def iter_journal(
         config,
         "journal-reader",
         f"{config.topic_prefix}pm-journal-reader-{uuid.uuid4().hex[:8]}",
-        **{"enable.partition.eof": True},
+        **{"enable.partition.eof": True, "auto.offset.reset": reset},
     )
     try:
         consumer.assign([TopicPartition(topic, p, offset_for(p)) for p in wanted])
@@ -296,7 +305,7 @@ def iter_journal(
             messages = consumer.consume(num_messages=500, timeout=0.2)
             if not messages:
                 if time.monotonic() - idle_since > idle_timeout:
-                    raise JournalError(
+                    raise JournalIdle(
                         f"reading {topic} partitions {sorted(pending)}: no end of partition within "
                         f"{idle_timeout:.0f}s (an open transaction may hold read_committed back)"
                     )

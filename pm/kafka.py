@@ -36,6 +36,8 @@ def _common(config: Config, role: str) -> dict[str, Any]:
         "bootstrap.servers": config.resolved_bootstrap,
         "client.id": f"pm-{role}",
         "allow.auto.create.topics": False,
+        # Brokers close idle connections; librdkafka reconnects on its own, so don't log it as an error.
+        "log.connection.close": False,
     }
 
 

@@ -5,8 +5,12 @@
 never the high watermark, which the local broker gets wrong) and works out, from the
 topics alone, which requests still wait:
 
-- a request is *decided* once any decision for its approval ID is on `approvals`
-  (whether the PM accepts it is the PM's call; the topics cannot tell);
+- a request is *decided* once a decision for its approval ID that the PM could accept
+  is on `approvals`: same correlation ID, draft hash and policy version, before the
+  deadline, and, as far as this tool's own configuration can tell, correctly signed and
+  by an allowed reviewer. Other decisions (forged, stale, garbled) are listed as
+  `ignored` with the reason, so they cannot hide a request from the reviewers. Whether
+  the PM accepted a decision is the PM's call (see the journal); the topics cannot tell;
 - a request is *superseded* when a later request for the same correlation ID carries
   another approval ID (the draft was repaired and approval asked again);
 - reminders change nothing but are counted;
@@ -29,7 +33,7 @@ from typing import Any, Literal
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
 
 from pm import telemetry
-from pm.approvals import build_decision, signing_key
+from pm.approvals import ApprovalVerifier, build_decision, signing_key
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.errors import PmError
@@ -65,7 +69,8 @@ class PendingApproval:
     """One approval request and what the topics say happened to it since."""
 
     request: ApprovalRequested
-    decisions: tuple[ApprovalDecided, ...] = ()
+    decisions: tuple[ApprovalDecided, ...] = ()  # ones the PM could accept (see module doc)
+    ignored: tuple[tuple[ApprovalDecided, str], ...] = ()  # (decision, why it cannot count)
     reminders: tuple[ApprovalReminder, ...] = ()
     superseded_by: str | None = None  # approval ID of the later request for the same correlation ID
 
@@ -119,6 +124,15 @@ class PendingApproval:
         }
         data.update({k: v for k, v in payload.model_dump(mode="json").items() if k not in data})
         data["decisions"] = [d.model_dump(mode="json") for d in self.decisions]
+        data["ignored_decisions"] = [
+            {
+                "event_id": d.event_id,
+                "decision": d.payload.decision,
+                "reviewer": d.payload.reviewer,
+                "why": why,
+            }
+            for d, why in self.ignored
+        ]
         data["superseded_by"] = self.superseded_by
         return data
 
@@ -149,6 +163,7 @@ class ReviewClient:
         self.key_id = key_id
         self.read_timeout = read_timeout
         self._producer: Producer | None = None
+        self._verifier = ApprovalVerifier(config)
         self.skipped = 0  # undecodable records seen by the last read
 
     # ------------------------------------------------------------ reading
@@ -173,16 +188,45 @@ class ReviewClient:
         records = []
         for approval_id, request in firsts.items():
             newest = latest[request.correlation_id]
+            valid: list[ApprovalDecided] = []
+            ignored: list[tuple[ApprovalDecided, str]] = []
+            for decided in decisions.get(approval_id, ()):
+                why = self._cannot_count(request, decided)
+                if why is None:
+                    valid.append(decided)
+                else:
+                    ignored.append((decided, why))
             records.append(
                 PendingApproval(
                     request=request,
-                    decisions=tuple(decisions.get(approval_id, ())),
+                    decisions=tuple(valid),
+                    ignored=tuple(ignored),
                     reminders=tuple(reminders.get(approval_id, ())),
                     superseded_by=None if newest == approval_id else newest,
                 )
             )
         records.sort(key=lambda r: (r.requested_at, r.request.occurred_at, r.approval_id))
         return records
+
+    def _cannot_count(self, request: ApprovalRequested, decided: ApprovalDecided) -> str | None:
+        """Why `decided` cannot be the decision the PM applies to `request` (None: it can)."""
+        asked, p = request.payload, decided.payload
+        if decided.correlation_id != request.correlation_id:
+            return f"for correlation ID {decided.correlation_id!r}, not {request.correlation_id!r}"
+        if p.draft_hash != asked.draft_hash:
+            return "draft hash mismatch"
+        if p.policy_version != asked.policy_version:
+            return "policy version mismatch"
+        if p.decided_at > asked.deadline:
+            return "expired: decided after the deadline"
+        # Only checks this tool's configuration can make: without keys it cannot tell a forgery.
+        if self._verifier.key_ids:
+            refused = self._verifier.check_signature(decided)
+            if refused is not None:
+                return refused
+        if self._verifier.reviewers:
+            return self._verifier.check_reviewer(decided)
+        return None
 
     def pending(self) -> list[PendingApproval]:
         """Requests with no decision and not superseded, oldest first (expired ones included, flagged)."""
@@ -244,6 +288,10 @@ class ReviewClient:
             causation_id=record.request.event_id,
         )
         return self.publish(event)
+
+    def close(self) -> None:
+        """Drop the producer (it flushes on every publish), e.g. before a local broker goes away."""
+        self._producer = None
 
     def publish(self, event: ApprovalDecided) -> Published:
         """Produce a (signed) decision to `approvals`, keyed by its correlation ID, and wait for delivery."""
@@ -347,7 +395,8 @@ def _check_decidable(record: PendingApproval) -> None:
         first = record.decisions[0].payload
         raise ReviewError(
             f"approval {record.approval_id} was already decided ({first.decision} by {first.reviewer} at "
-            f"{first.decided_at.isoformat()}); --force publishes anyway (the PM will refuse a duplicate)"
+            f"{first.decided_at.isoformat()}); --force publishes anyway: the PM refuses a duplicate, "
+            "but takes a new edit when it refused the previous one (see `pm inspect`)"
         )
     if record.status == "superseded":
         raise ReviewError(

@@ -48,6 +48,7 @@ from pm.events import ApprovalDecided, DlqRecord, DlqRecordPayload, Event, deriv
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalError,
+    JournalIdle,
     ProcessRecord,
     Verifier,
     advance,
@@ -172,6 +173,8 @@ class ProcessManager:
         batch_size: int = 500,
         log: TextIO | None = None,
         timer_service: TimerService | None = None,
+        anchor_timeout: float = 10.0,
+        catch_up_timeout: float = 60.0,
     ) -> None:
         self.config = config
         self.registry = Registry(definitions if definitions is not None else default_definitions())
@@ -182,6 +185,10 @@ class ProcessManager:
         self.batch_size = batch_size
         self.log = log if log is not None else sys.stderr
         self.timers = timer_service or TimerService()
+        # How long to wait for the journal record a store last folded before calling the store foreign:
+        # brokers answer a fetch past the end with an error (Kafka) or with silence (Tansu).
+        self.anchor_timeout = anchor_timeout
+        self.catch_up_timeout = catch_up_timeout
         self.stats = RuntimeStats()
         self.stores: dict[int, PartitionStore] = {}
         self._active: dict[int, int] = {}
@@ -192,6 +199,7 @@ class ProcessManager:
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._telemetry: Any = None
+        self.assignments = 0  # completed assignments (stores open and caught up): tests and demos wait on it
 
     # ------------------------------------------------------------ lifecycle
 
@@ -280,6 +288,7 @@ class ProcessManager:
             if partition not in self.stores:
                 self._open_store(partition)
         self._backpressure()
+        self.assignments += 1
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = sorted({tp.partition for tp in partitions})
@@ -341,7 +350,7 @@ class ProcessManager:
     def _catch_up(self, store: PartitionStore, partition: int) -> None:
         """Fold the journal partition from the store's position to its end, before any input is handled."""
         anchor = store.anchor
-        start = anchor[0] if anchor is not None else 0
+        start = self._anchor_start(partition, anchor[0]) if anchor is not None else 0
         from_scratch = anchor is None
         started = time.monotonic()
         overlay: dict[str, ProcessRecord] = {}
@@ -349,8 +358,17 @@ class ProcessManager:
         folded = 0
         anchored = anchor is None
         try:
-            for record in iter_journal(self.config, [partition], {partition: start}):
+            records = iter_journal(
+                self.config,
+                [partition],
+                {partition: start},
+                idle_timeout=self.anchor_timeout if anchor is not None else self.catch_up_timeout,
+                reset="error" if anchor is not None else "earliest",
+            )
+            for record in records:
                 if not anchored:
+                    if anchor is not None and record.offset < anchor[0]:
+                        continue  # before the anchor: already reflected in the store
                     # The record the store last folded must still be there, unchanged.
                     if anchor is not None and (record.offset, record.entry.event_id) != anchor:
                         raise _AnchorMismatch(
@@ -376,7 +394,13 @@ class ProcessManager:
                             file=self.log,
                             flush=True,
                         )
+        except JournalIdle as exc:
+            if not anchored:
+                raise _AnchorMismatch(f"no journal record at offset {start}, the last one the store reflects") from exc
+            raise StoreError(f"catching up partition {partition}: {exc}") from exc
         except JournalError as exc:
+            if not anchored:
+                raise _AnchorMismatch(f"the journal has no offset {start} the store reflects ({exc})") from exc
             raise StoreError(f"catching up partition {partition}: {exc}") from exc
         if not anchored:
             raise _AnchorMismatch(
@@ -391,6 +415,25 @@ class ProcessManager:
                 flush=True,
             )
 
+    def _anchor_start(self, partition: int, anchor_offset: int) -> int:
+        """Where to start reading to find the anchor: the anchor itself, or the last batch when it lies beyond.
+
+        Some brokers answer a fetch past the end with silence instead of an error, and report a
+        high watermark below the true end (tansu.md). Reading from min(anchor, high - 1) always
+        starts on an existing offset, so the partition EOF arrives and decides: the anchor was
+        seen (fine) or not (the store is foreign). The watermark only picks the start, it never
+        decides whether we are caught up.
+        """
+        try:
+            _low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.config.topic(JOURNAL_TOPIC), partition), timeout=10
+            )
+        except KafkaException:
+            return anchor_offset
+        if high <= 0:
+            return 0
+        return max(0, min(anchor_offset, high - 1))
+
     def _stored(self, store: PartitionStore, correlation_id: str) -> ProcessRecord | None:
         data = store.get_record(correlation_id)
         if data is None:
@@ -403,7 +446,7 @@ class ProcessManager:
     def run_once(self, timeout: float = 0.2) -> int:
         """Consume one batch and commit it in one transaction; returns the number of inputs journaled."""
         messages = self.consumer.consume(num_messages=self.batch_size, timeout=timeout)
-        due = self.timers.due(self.stores) if self.stores else []
+        due = self.timers.due(self.stores) if self.stores else []  # re-checked against the batch below
         if not messages and not due:
             if self._paused:
                 self._backpressure()
@@ -415,6 +458,9 @@ class ProcessManager:
             for message in messages:
                 self._handle(batch, message)
             for partition, timer in due:
+                change = batch.changes.get(timer.correlation_id)
+                if change is not None and timer.timer_id not in change.after.timers:
+                    continue  # cancelled (or the process ended) by an input of this very batch
                 self._fire(batch, partition, timer)
             # 2. everything delivered; the journal offsets are now known
             self._flush(batch)
@@ -795,8 +841,12 @@ def run_process_manager(
     verifier: Verifier | None = None,
     log: TextIO | None = None,
     on_started: Callable[[ProcessManager], None] | None = None,
+    **options: Any,
 ) -> RuntimeStats:
-    """Run one PM instance until `stop` is set or SIGTERM/SIGINT arrives (main thread only)."""
+    """Run one PM instance until `stop` is set or SIGTERM/SIGINT arrives (main thread only).
+
+    `options` go to `ProcessManager` (cache_size, batch_size, anchor_timeout, ...).
+    """
     stop = stop or threading.Event()
     if verifier is None:
         try:
@@ -806,7 +856,7 @@ def run_process_manager(
         except ImportError:
             verifier = None
     manager = ProcessManager(
-        config, definitions, max_active=max_active, rebuild=rebuild, verifier=verifier, log=log
+        config, definitions, max_active=max_active, rebuild=rebuild, verifier=verifier, log=log, **options
     )
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():

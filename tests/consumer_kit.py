@@ -78,7 +78,9 @@ def fetch_policy(
     )
 
 
-def send_email(to: str = "jane@example.com", correlation_id: str | None = None, attempt: int = 1) -> SendEmail:
+def send_email(
+    to: str = "jane@example.com", correlation_id: str | None = None, attempt: int = 1
+) -> SendEmail:
     corr, cid, eid = _ids("send-email", correlation_id, attempt)
     return SendEmail(
         event_id=eid,

@@ -421,9 +421,11 @@ def test_bad_decisions_are_journalled_as_refused_and_change_nothing(flow: Flow) 
         return build_decision(**{**values, **overrides})
 
     good = signed()
+    # Its own event ID: the PM remembers refused event IDs too, so a copy of `good` would block it.
+    unsigned = signed()
     bad = {
-        "unsigned": good.model_copy(
-            update={"payload": good.payload.model_copy(update={"signature": "", "key_id": ""})}
+        "unsigned": unsigned.model_copy(
+            update={"payload": unsigned.payload.model_copy(update={"signature": "", "key_id": ""})}
         ),
         "bad signature": signed(secret="guessed"),
         "unknown key id": signed(key_id="k-old"),
@@ -438,7 +440,7 @@ def test_bad_decisions_are_journalled_as_refused_and_change_nothing(flow: Flow) 
         flow.review.publish(event)
 
     outcomes = flow.watch.wait_decisions(cid, len(bad))
-    for (expected, event), (outcome, reason, status) in zip(bad.items(), outcomes, strict=True):
+    for expected, (outcome, reason, status) in zip(bad, outcomes, strict=True):
         assert outcome == "rejected", expected
         assert reason is not None and reason.startswith(expected), (expected, reason)
         assert status == "waiting_for_approval", expected
@@ -497,9 +499,22 @@ def test_pm_restart_while_waiting_keeps_waiting_and_applies_a_decision_made_whil
                 cid = send_email(config)
                 request = waiting_request(config, watch, cid)
             with pm_running(config, budgets):  # restarted: still waiting, nothing sent
-                time.sleep(1.0)
-                watch.poll()
-                assert watch.status(cid) == "waiting_for_approval" and steps.sends(cid) == []
+                # Proof the restarted PM is live and restored the state: it refuses a probe
+                # decision (unknown key) and journals the process as still waiting.
+                probe = build_decision(
+                    correlation_id=cid,
+                    approval_id=request.payload.approval_id,
+                    decision="approve",
+                    reviewer="alice",
+                    draft_hash=request.payload.draft_hash,
+                    policy_version=request.payload.policy_version,
+                    key_id="k-unknown",
+                    secret=SECRET,
+                )
+                ReviewClient(config).publish(probe)
+                [(outcome, reason, status)] = watch.wait_decisions(cid, 1)
+                assert outcome == "rejected" and (reason or "").startswith("unknown key id")
+                assert status == "waiting_for_approval" and steps.sends(cid) == []
             # Down: the reviewer approves anyway; the decision waits on the topic.
             ReviewClient(config).approve(request.payload.approval_id, "bob")
             time.sleep(0.3)

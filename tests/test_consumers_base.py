@@ -48,7 +48,9 @@ class Scripted:
         return result_event(
             command,
             OrderFetched,
-            OrderFetchedPayload(command_id=payload.command_id, attempt=1, order_id=payload.order_id, found=False),
+            OrderFetchedPayload(
+                command_id=payload.command_id, attempt=1, order_id=payload.order_id, found=False
+            ),
             now,
         )
 
@@ -130,7 +132,7 @@ def test_concurrency_cap_and_no_head_of_line_blocking(topics: Config) -> None:
     corr = f"slow-{uuid.uuid4().hex[:6]}"
 
     def script(command: Event, call: int) -> None:
-        if command.correlation_id == corr:
+        if command.payload.order_id == "slow":
             release.wait(20)
         else:
             time.sleep(0.15)
@@ -141,7 +143,8 @@ def test_concurrency_cap_and_no_head_of_line_blocking(topics: Config) -> None:
     blocker = fetch_order("slow", correlation_id=corr)
     # o1 shares the blocker's correlation ID (so its partition) but is another command (attempt 2).
     others = [
-        fetch_order(f"o{i}", correlation_id=corr if i == 1 else None, attempt=2 if i == 1 else 1) for i in range(1, 13)
+        fetch_order(f"o{i}", correlation_id=corr if i == 1 else None, attempt=2 if i == 1 else 1)
+        for i in range(1, 13)
     ]
     with running(consumer):
         produce(topics, blocker, *others)

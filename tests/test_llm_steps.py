@@ -287,7 +287,7 @@ def test_draft_good_output_and_prompt_facts(server: LlmServer, llm_config: Confi
     result = draft_reply.build_handler(llm_config).handle(draft_command(), NOW)
 
     assert isinstance(result, ReplyDrafted)
-    assert result.payload.draft == Draft(**GOOD_DRAFT)
+    assert result.payload.draft == Draft.model_validate(GOOD_DRAFT)
     llm = result.payload.llm
     assert (llm.provider, llm.model, llm.prompt_tokens, llm.completion_tokens) == (
         OPENAI_COMPATIBLE,
@@ -312,7 +312,7 @@ def test_draft_repair_prompt_carries_previous_draft_and_violations(
     server: LlmServer, llm_config: Config
 ) -> None:
     server.reply_json({**GOOD_DRAFT, "refund_cents": 0, "promises": []})
-    previous = Draft(**{**GOOD_DRAFT, "refund_cents": 5000})
+    previous = Draft.model_validate({**GOOD_DRAFT, "refund_cents": 5000})
     violation = "refund of 5000 cents exceeds the 599 cents policy refund-2026-01 allows for order A-1001"
     command = draft_command(violations=[violation], previous=previous)
 
@@ -463,7 +463,7 @@ def test_offline_draft_no_refund_above_the_limit() -> None:
 
 
 def test_offline_draft_repair_is_conservative_and_passes() -> None:
-    previous = Draft(**{**GOOD_DRAFT, "refund_cents": 5000})
+    previous = Draft.model_validate({**GOOD_DRAFT, "refund_cents": 5000})
     command = draft_command(violations=["refund of 5000 cents exceeds the 599 cents"], previous=previous)
     draft = offline_draft(command.payload)
     assert draft.refund_cents == 0 and draft.promises == [] and "A-1001" in draft.body
@@ -513,3 +513,63 @@ def test_handler_is_safe_across_worker_threads(server: LlmServer, llm_config: Co
         t.join(10)
     assert sorted(r.payload.attempt for r in results) == [1, 2, 3, 4, 5, 6]
     assert all(isinstance(r, EmailClassified) for r in results)
+
+
+# ---------------------------------------------------------------- end to end through Kafka and the base
+
+
+def test_classify_end_to_end_through_kafka(topics: Config) -> None:
+    """ClassifyEmail on cmd.classify -> the base -> the real client -> the test server -> step.results."""
+    from consumer_kit import Reader, produce, running
+
+    from consumers import load_handler
+    from consumers.base import RetryPolicy, StepConsumer
+
+    flaky_calls: list[int] = []
+
+    def respond(body: dict[str, Any]) -> Scripted:
+        content = body["messages"][1]["content"]
+        if "Subject: garbled" in content:
+            return Scripted(content="I think this is a refund request")
+        if "Subject: flaky" in content and not flaky_calls:
+            flaky_calls.append(1)
+            return Scripted(status=429)
+        return Scripted(content=json.dumps(GOOD_CLASSIFICATION), prompt_tokens=50, completion_tokens=9)
+
+    commands = {
+        subject: ClassifyEmail(
+            event_id=f"evt-{subject}",
+            correlation_id=f"corr-{subject}",
+            occurred_at=NOW,
+            payload=ClassifyEmailPayload(
+                command_id=command_id(f"corr-{subject}", "classify", 1),
+                attempt=1,
+                email=make_email(subject=subject).model_copy(update={"message_id": f"corr-{subject}"}),
+            ),
+        )
+        for subject in ("good", "garbled", "flaky")
+    }
+    reader = Reader(topics)
+    with LlmServer(responder=respond) as server:
+        config = topics.with_overrides(llm_base_url=server.base_url, llm_model="e2e-model")
+        handler = load_handler("classify", config, rpm=6000)
+        retry = RetryPolicy(tries=3, base_delay=0.01, max_delay=0.02)
+        with running(StepConsumer(config, handler, concurrency=2, retry=retry)):
+            produce(config, *commands.values())
+            results = {r.causation_id: r for r in reader.take(3)}
+        assert len(server.requests) == 4  # one each, plus the retried 429
+    reader.close()
+
+    good, garbled, flaky = (results[commands[s].event_id] for s in ("good", "garbled", "flaky"))
+    for ok in (good, flaky):
+        assert isinstance(ok, EmailClassified)
+        assert ok.payload.intent == "delivery_status" and ok.payload.order_id == "A-1001"
+        assert ok.payload.llm.provider == OPENAI_COMPATIBLE and ok.payload.llm.model == "e2e-model"
+        assert (ok.payload.llm.prompt_tokens, ok.payload.llm.completion_tokens) == (50, 9)
+    assert good.correlation_id == "corr-good"
+    assert isinstance(garbled, StepFailed) and not garbled.payload.retryable
+    assert garbled.payload.reason == INVALID_OUTPUT_REASON and garbled.payload.errors
+    assert (
+        garbled.payload.llm is not None
+        and garbled.payload.llm.raw_output == "I think this is a refund request"
+    )

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from confluent_kafka import Producer
+from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
 from pm.cli import main
 from pm.codec import encode
@@ -49,7 +49,7 @@ from pm.events import (
     derive_id,
 )
 from pm.journal import build_entry, evaluate, iter_journal, journal_partitions
-from pm.kafka import make_producer
+from pm.kafka import make_consumer, make_producer
 from pm.process import Decision, ProcessDefinition, ProcessState
 from pm.processes.customer_email import CUSTOMER_EMAIL, Budgets, CustomerEmailProcess, EmailState
 from pm.replay import Until, murmur2, partition_for, replay_process, what_if
@@ -157,13 +157,18 @@ def _respond(s: Scenario, cause: Event, at: datetime) -> Event | None:
         )
         draft = Draft(subject="Re: where is my order", body=body, order_id=s.order_id)
         return ReplyDrafted(
-            **env, payload=ReplyDraftedPayload(command_id=p.command_id, attempt=p.attempt, draft=draft, llm=_llm())
+            **env,
+            payload=ReplyDraftedPayload(command_id=p.command_id, attempt=p.attempt, draft=draft, llm=_llm()),
         )
     if isinstance(cause, SendEmail):
         return EmailSent(
             **env,
             payload=EmailSentPayload(
-                command_id=p.command_id, attempt=p.attempt, to=p.to, message_id=f"<{p.command_id}@pm>", smtp_response="250"
+                command_id=p.command_id,
+                attempt=p.attempt,
+                to=p.to,
+                message_id=f"<{p.command_id}@pm>",
+                smtp_response="250",
             ),
         )
     if isinstance(cause, ApprovalRequested):
@@ -190,11 +195,15 @@ class Journal:
     offsets: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, list[Event]] = field(default_factory=dict)
 
-    def record(self, definition: ProcessDefinition[Any], state: ProcessState | None, event: Event) -> Decision[Any] | None:
+    def record(
+        self, definition: ProcessDefinition[Any], state: ProcessState | None, event: Event
+    ) -> Decision[Any] | None:
         if state is None:
             state = definition.initial_state(event)
         outcome = evaluate(definition, state, event)
-        after = outcome.decision.state if outcome.decision is not None and outcome.outcome == "applied" else state
+        after = (
+            outcome.decision.state if outcome.decision is not None and outcome.outcome == "applied" else state
+        )
         topic = event.topic
         offset = self.offsets.get(topic, 0)
         self.offsets[topic] = offset + 1
@@ -208,7 +217,9 @@ class Journal:
             outcome=outcome,
             status=str(after.status.value),
         )
-        self.producer.produce(self.config.topic("pm.journal"), key=event.correlation_id.encode(), value=encode(entry))
+        self.producer.produce(
+            self.config.topic("pm.journal"), key=event.correlation_id.encode(), value=encode(entry)
+        )
         self.inputs.setdefault(event.correlation_id, []).append(event)
         return outcome.decision if outcome.outcome == "applied" else None
 
@@ -258,7 +269,9 @@ def _cli(config: Config, *args: str) -> list[str]:
     return ["--bootstrap", config.resolved_bootstrap, "--prefix", config.topic_prefix, *args]
 
 
-def _run(config: Config, capsys: pytest.CaptureFixture[str], command: str, *args: str) -> tuple[int, str, str]:
+def _run(
+    config: Config, capsys: pytest.CaptureFixture[str], command: str, *args: str
+) -> tuple[int, str, str]:
     code = main([command, *_cli(config, *args)])
     out = capsys.readouterr()
     return code, out.out, out.err
@@ -281,10 +294,6 @@ def test_murmur2_is_kafkas_and_finds_the_journal_partition(journal: Journal) -> 
     n = len(journal_partitions(journal.config))
     assert n > 1
     # The broker placed each key with the producer's murmur2_random partitioner: we must agree.
-    from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-    from pm.kafka import make_consumer
-
     consumer = make_consumer(journal.config, "t", "t-murmur", **{"enable.partition.eof": True})
     topic = journal.config.topic("pm.journal")
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(n)])
@@ -294,10 +303,13 @@ def test_murmur2_is_kafkas_and_finds_the_journal_partition(journal: Journal) -> 
         msg = consumer.poll(1.0)
         if msg is None:
             continue
+        partition, raw_key = msg.partition(), msg.key()
+        assert partition is not None
         if msg.error():
-            eof.add(msg.partition())
+            eof.add(partition)
             continue
-        placed[msg.key().decode()] = msg.partition()
+        assert isinstance(raw_key, bytes)
+        placed[raw_key.decode()] = partition
     consumer.close()
     assert placed == {k: partition_for(k, n) for k in keys}
 
@@ -310,8 +322,17 @@ def test_replay_prints_the_known_sequence(journal: Journal, capsys: pytest.Captu
     code, out, _ = _run(journal.config, capsys, "replay", cid)
     assert code == 0
     events = [line.split()[2] for line in out.splitlines() if line.startswith("@")]
-    assert events == ["EmailReceived", "EmailClassified", "OrderFetched", "RefundPolicyFetched", "ReplyDrafted", "EmailSent"]
-    commands = [" ".join(line.split()[1:4]) for line in out.splitlines() if line.strip().startswith("command ")]
+    assert events == [
+        "EmailReceived",
+        "EmailClassified",
+        "OrderFetched",
+        "RefundPolicyFetched",
+        "ReplyDrafted",
+        "EmailSent",
+    ]
+    commands = [
+        " ".join(line.split()[1:4]) for line in out.splitlines() if line.strip().startswith("command ")
+    ]
     assert commands == [
         "ClassifyEmail step=classify attempt=1",
         "FetchOrder step=fetch-order attempt=1",
@@ -358,12 +379,16 @@ def test_until_stops_and_shows_the_state_there(journal: Journal, capsys: pytest.
         assert last["state"]["order"]["order_id"] == "ORD-1001" and last["state"]["policy"] is None
 
     code, out, _ = _run(journal.config, capsys, "replay", cid, "--until", fetched.event_id)
-    assert out.splitlines()[-1 - len(EmailState.model_fields)].startswith(f"state at event {fetched.event_id}")
+    assert out.splitlines()[-1 - len(EmailState.model_fields)].startswith(
+        f"state at event {fetched.event_id}"
+    )
     code, _, err = _run(journal.config, capsys, "replay", cid, "--until", "no-such-event")
     assert code == 2 and "not in the journal" in err
 
 
-def test_verify_passes_on_the_unchanged_definition(journal: Journal, capsys: pytest.CaptureFixture[str]) -> None:
+def test_verify_passes_on_the_unchanged_definition(
+    journal: Journal, capsys: pytest.CaptureFixture[str]
+) -> None:
     cid = "<verify-ok@mail.example>"
     journal.run(Scenario(cid, intent="refund_request"))  # through an approval
     code, out, err = _run(journal.config, capsys, "replay", cid, "--verify")
@@ -405,7 +430,9 @@ def test_verify_all_counts_processes_and_names_the_differing(
     journal.run(Scenario("<c@mail.example>", intent="other"))  # escalated at once
     code, out, _ = _run(journal.config, capsys, "replay", "--all", "--verify")
     assert code == 0, out
-    assert out.strip().endswith("checked 3 processes, 15 events (15 decisions re-run): 0 differ, 0 could not be replayed")
+    assert out.strip().endswith(
+        "checked 3 processes, 15 events (15 decisions re-run): 0 differ, 0 could not be replayed"
+    )
 
     journal.run(Scenario("<d@mail.example>"), SLOW_CLASSIFY)
     code, out, _ = _run(journal.config, capsys, "replay", "--all", "--verify")
@@ -444,14 +471,18 @@ def test_what_if_counts(journal: Journal, capsys: pytest.CaptureFixture[str]) ->
     assert w1.recorded_route[w1.first_divergence or 0] == "SendEmail(send-email#1)"
     assert w1.new_route[w1.first_divergence or 0] == "ApprovalRequested"
 
-    code, out, _ = _run(journal.config, capsys, "replay", "--all", "--definition", f"{__name__}:ALWAYS_APPROVE")
+    code, out, _ = _run(
+        journal.config, capsys, "replay", "--all", "--definition", f"{__name__}:ALWAYS_APPROVE"
+    )
     assert code == 0
     assert "processes differing: 2 of 4" in out
     assert "different route: 2" in out
     assert "sent -> waiting_for_approval: 2" in out
     assert "step now run: approval: 2" in out and "step no longer run: send-email: 2" in out
 
-    code, out, _ = _run(journal.config, capsys, "replay", "--all", "--definition", f"{__name__}:ALWAYS_APPROVE", "--json")
+    code, out, _ = _run(
+        journal.config, capsys, "replay", "--all", "--definition", f"{__name__}:ALWAYS_APPROVE", "--json"
+    )
     data = json.loads(out)
     assert data["differing"] == 2 and data["steps_removed"] == {"send-email": 2}
 

@@ -16,7 +16,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartiti
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
-from pm.approvals import ApprovalVerifier, ensure_local_key
+from pm.approvals import ApprovalVerifier, build_decision, ensure_local_key
 from pm.cli import main
 from pm.codec import decode, encode
 from pm.config import Config
@@ -437,3 +437,43 @@ def test_a_foreign_tool_following_docs_approvals_md_produces_a_valid_decision(re
     assert decided.payload.reason == "ünsure about the carrier"
     assert ApprovalVerifier(review)(decided) is None
     assert ReviewClient(review).show(req.payload.approval_id).status == "decided"
+
+
+def test_decisions_the_pm_would_refuse_do_not_hide_a_request(
+    review: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PM_REVIEWERS", ",".join(review.reviewers))  # the CLI reads its own configuration
+    req = request(1)
+    publish(review, req)
+    key_id, secret, _ = ensure_local_key(review)
+    p = req.payload
+
+    def signed(reviewer: str, draft_hash: str, secret: str) -> ApprovalDecided:
+        return build_decision(
+            correlation_id=req.correlation_id,
+            approval_id=p.approval_id,
+            decision="approve",
+            reviewer=reviewer,
+            draft_hash=draft_hash,
+            policy_version=p.policy_version,
+            key_id=key_id,
+            secret=secret,
+        )
+
+    forged = signed("alice", p.draft_hash, "guess")
+    stale = signed("alice", "0" * 64, secret)
+    outsider = signed("mallory", p.draft_hash, secret)
+    client = ReviewClient(review)
+    for event in (forged, stale, outsider):
+        client.publish(event)
+
+    [pending] = client.pending()
+    assert pending.approval_id == p.approval_id and pending.decisions == ()
+    whys = {d.event_id: why for d, why in pending.ignored}
+    assert whys[forged.event_id].startswith("bad signature")
+    assert whys[stale.event_id] == "draft hash mismatch"
+    assert whys[outsider.event_id].startswith("reviewer not allowed")
+    code, out, _ = cli(review, "approvals", "show", p.approval_id, capsys=capsys)
+    assert code == 0 and out.count("ignored decision:") == 3
+    assert client.approve(p.approval_id, "bob").event.payload.reviewer == "bob"
+    assert client.show(p.approval_id).status == "decided"

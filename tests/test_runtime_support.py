@@ -9,7 +9,7 @@ any second process would be:
     TimerFired      -> escalated (if it is the pending timer; stale timers are rejected)
 
 Subject "boom" makes `decide` raise (a bug), to show that only that process fails.
-Subject "fast-timer" uses a 1 s timeout, "slow-timer" a 4 s one (timer tests).
+Subject "fast-timer" uses a 1 s timeout, "slow-timer" a 5 s one (timer tests).
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ __all__ = [
     "read_topic",
     "PmThread",
     "wait_until",
+    "stages",
+    "wait_stage",
     "expected_states",
 ]
 
@@ -95,7 +97,7 @@ class MiniProcess:
                 raise RuntimeError("cannot handle this e-mail")
             if state.stage != "new":
                 return Decision(state, rejection="e-mail already received")
-            seconds = {"fast-timer": 1, "slow-timer": 4}.get(event.payload.subject, 3600)
+            seconds = {"fast-timer": 1, "slow-timer": 5}.get(event.payload.subject, 3600)
             timer = TimerSpec(
                 timer_id=derive_id(cid, "classify-timeout"),
                 name="classify-timeout",
@@ -110,7 +112,9 @@ class MiniProcess:
                     command_id=command_id(cid, Step.CLASSIFY, 1), attempt=1, email=event.payload
                 ),
             )
-            new = state.model_copy(update={"stage": "classifying", "email": event.payload, "timer_id": timer.timer_id})
+            new = state.model_copy(
+                update={"stage": "classifying", "email": event.payload, "timer_id": timer.timer_id}
+            )
             return Decision(new, commands=(command,), schedule=(timer,))
         if isinstance(event, EmailClassified):
             if state.stage != "classifying" or state.email is None:
@@ -122,7 +126,11 @@ class MiniProcess:
                 causation_id=event.event_id,
                 occurred_at=event.occurred_at,
                 payload=SendEmailPayload(
-                    command_id=cmd_id, attempt=1, to=state.email.sender, subject="Re", body=event.payload.intent
+                    command_id=cmd_id,
+                    attempt=1,
+                    to=state.email.sender,
+                    subject="Re",
+                    body=event.payload.intent,
                 ),
             )
             new = state.model_copy(update={"stage": "sending", "timer_id": None, "steps": state.steps + 1})
@@ -130,12 +138,16 @@ class MiniProcess:
         if isinstance(event, EmailSent):
             if state.stage != "sending":
                 return Decision(state, rejection="not sending")
-            return Decision(state.model_copy(update={"stage": "done", "status": Status.SENT, "steps": state.steps + 1}))
+            return Decision(
+                state.model_copy(update={"stage": "done", "status": Status.SENT, "steps": state.steps + 1})
+            )
         if isinstance(event, TimerFired):
             if event.payload.timer_id != state.timer_id:
                 return Decision(state, rejection="stale timer")
             return Decision(
-                state.model_copy(update={"stage": "timed-out", "status": Status.ESCALATED, "reason": "classify timeout"})
+                state.model_copy(
+                    update={"stage": "timed-out", "status": Status.ESCALATED, "reason": "classify timeout"}
+                )
             )
         return Decision(state, rejection=f"{event.type} not expected")
 
@@ -183,7 +195,9 @@ def sent(cid: str, at: datetime = T0) -> EmailSent:
         correlation_id=cid,
         causation_id=cmd,
         occurred_at=at + timedelta(seconds=2),
-        payload=EmailSentPayload(command_id=cmd, attempt=1, to="jane@example.com", message_id=f"<{cmd}@x>", smtp_response="250 ok"),
+        payload=EmailSentPayload(
+            command_id=cmd, attempt=1, to="jane@example.com", message_id=f"<{cmd}@x>", smtp_response="250 ok"
+        ),
     )
 
 
@@ -203,7 +217,9 @@ def publish(config: Config, events: list[Event] | list[tuple[str, str, bytes]]) 
 def read_topic(config: Config, logical: str, timeout: float = 10.0) -> list[Any]:
     """Every record of a topic, to the end of each partition (partition EOF, never the watermark)."""
     topic = config.topic(logical)
-    consumer = make_consumer(config, "test-reader", f"reader-{time.monotonic_ns()}", **{"enable.partition.eof": True})
+    consumer = make_consumer(
+        config, "test-reader", f"reader-{time.monotonic_ns()}", **{"enable.partition.eof": True}
+    )
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
@@ -220,6 +236,25 @@ def read_topic(config: Config, logical: str, timeout: float = 10.0) -> list[Any]
         return found
     finally:
         consumer.close()
+
+
+def stages(config: Config) -> dict[str, str]:
+    """correlation ID -> the mini process's stage, from the stores (read-only: works while the PM runs)."""
+    from pm.store import PartitionStore, list_store_paths
+
+    found: dict[str, str] = {}
+    for partition, path in list_store_paths(config):
+        store = PartitionStore(path, partition, read_only=True)
+        try:
+            found.update({cid: str(data["state"].get("stage")) for cid, data in store.records()})
+        finally:
+            store.close()
+    return found
+
+
+def wait_stage(config: Config, cids: list[str], stage: str, timeout: float = 20.0) -> None:
+    """Results are only published once the PM asked for them: topics are not ordered among each other."""
+    wait_until(lambda: all(stages(config).get(c) == stage for c in cids), timeout=timeout)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1) -> Any:
@@ -259,9 +294,14 @@ class PmThread:
             self.started.set()
 
     def __enter__(self) -> PmThread:
+        """Start, and return once the first assignment is caught up (or raise what the PM raised)."""
         self._thread.start()
         self.started.wait(30)
+        wait_until(
+            lambda: self.error is not None or (self.manager is not None and self.manager.assignments > 0)
+        )
         if self.error is not None:
+            self._thread.join(30)
             raise self.error
         return self
 

@@ -229,3 +229,61 @@ def test_otlp_endpoint_without_the_extra_is_reported_not_fatal() -> None:
         assert "pm[otlp]" in result.stderr
     else:
         pytest.skip("the otlp extra is installed")
+
+
+def _descends(span: ReadableSpan, ancestor: ReadableSpan, spans: list[ReadableSpan]) -> bool:
+    by_id = {s.context.span_id: s for s in spans if s.context is not None}
+    current: ReadableSpan | None = span
+    while current is not None and current.parent is not None:
+        if ancestor.context is not None and current.parent.span_id == ancestor.context.span_id:
+            return True
+        current = by_id.get(current.parent.span_id)
+    return False
+
+
+def test_one_trace_across_the_pm_and_a_step_consumer(topics: Config, spans: InMemorySpanExporter) -> None:
+    """E-mail -> PM span -> ClassifyEmail (traceparent) -> step span -> EmailClassified -> PM span: one trace."""
+    from consumer_kit import running
+    from test_runtime_support import PmThread, wait_until
+
+    from consumers import load_handler
+    from consumers.base import StepConsumer
+    from pm.client import email_event, produce_event
+    from pm.processes import CUSTOMER_EMAIL
+
+    cid = "<trace-1@mail.example>"
+    event = email_event(
+        {
+            "message_id": cid,
+            "sender": "ann@example.com",
+            "recipient": "support@shop.example",
+            "subject": "where is my parcel",
+            "body": "Hello, where is my order ORD-1001?",
+            "received_at": datetime.now(UTC),  # timers due in minutes: none fires during the test
+            "order_id": "ORD-1001",
+        }
+    )
+    step = StepConsumer(topics, load_handler("classify", topics))
+    with PmThread(topics, definitions=[CUSTOMER_EMAIL]), running(step):
+        producer = make_producer(topics, "upstream")
+        with telemetry.tracer().start_as_current_span("upstream") as upstream:
+            produce_event(producer, topics, event)
+        producer.flush(10)
+        wait_until(lambda: any(s.name == "pm.handle EmailClassified" for s in spans.get_finished_spans()))
+    finished = list(spans.get_finished_spans())
+    trace_id = upstream.get_span_context().trace_id
+    pm_received = _by_name(spans, "pm.handle EmailReceived")
+    step_span = _by_name(spans, "step classify")
+    pm_classified = _by_name(spans, "pm.handle EmailClassified")
+    for span in (pm_received, step_span, pm_classified):
+        assert span.context is not None and span.context.trace_id == trace_id, span.name
+    assert _descends(step_span, pm_received, finished)  # the step's span is the PM span's child
+    assert _descends(pm_classified, step_span, finished)  # and the result's handling links back
+    attributes = dict(step_span.attributes or {})
+    assert attributes.get(telemetry.PM_CORRELATION_ID) == cid
+    assert attributes.get(telemetry.PM_STEP) == "classify" and attributes.get(telemetry.PM_ATTEMPT) == 1
+    # Redaction: no address or body anywhere in any span of this trace.
+    for span in finished:
+        if span.context is not None and span.context.trace_id == trace_id:
+            text = json.dumps(dict(span.attributes or {}), default=str)
+            assert "ann@example.com" not in text and "where is my order" not in text, span.name

@@ -116,6 +116,9 @@ def _show(args: argparse.Namespace, config: Config) -> int:
     for decided in record.decisions:
         d = decided.payload
         lines += ["", f"decided: {d.decision} by {d.reviewer} at {d.decided_at.isoformat()} (key {d.key_id})"]
+    for ignored, why in record.ignored:
+        d = ignored.payload
+        lines += ["", f"ignored decision: {d.decision} by {d.reviewer} at {d.decided_at.isoformat()}: {why}"]
     if record.superseded_by:
         lines += ["", f"superseded by {record.superseded_by}"]
     print("\n".join(lines))

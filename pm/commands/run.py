@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     orders = parts.add_parser("order-service", parents=[common], help="the sample HTTP order service")
     orders.add_argument("--port", type=int, default=None, help="default: the port of PM_ORDER_SERVICE_URL")
+    orders.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 inside a container)")
     orders.add_argument(
         "--orders", type=Path, default=None, help="orders JSON file (default: the sample orders)"
     )
@@ -44,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     sink = parts.add_parser("smtp-sink", parents=[common], help="a local SMTP server writing to a Maildir")
     sink.add_argument("--port", type=int, default=None, help="default: PM_SMTP_PORT")
+    sink.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 inside a container)")
     sink.add_argument("--maildir", type=Path, required=True)
     sink.set_defaults(handler=_smtp_sink)
 
@@ -112,9 +114,9 @@ def _order_service(args: argparse.Namespace, config: Config) -> int:
     orders = load_orders(args.orders or DEFAULT_ORDERS_FILE)
     stop = _stop_on_signals()
     try:
-        service = OrderService("127.0.0.1", port, orders=orders).start()
+        service = OrderService(args.host, port, orders=orders).start()
     except OSError as exc:
-        raise PmError(f"order service: cannot listen on 127.0.0.1:{port}: {exc}") from exc
+        raise PmError(f"order service: cannot listen on {args.host}:{port}: {exc}") from exc
     print(f"order service: {service.url} ({len(orders)} orders)", flush=True)
     stop.wait()
     service.stop()

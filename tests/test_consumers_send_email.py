@@ -1,0 +1,101 @@
+"""send-email end to end: broker -> consumer -> real SMTP server (the sink) -> Maildir; at most once."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from consumer_kit import Reader, produce, running, send_email
+
+from consumers import load_handler
+from consumers.base import StepConsumer
+from consumers.send_email import FAULT_ENV, message_id_for
+from consumers.smtp_sink import SmtpSink
+from pm.broker import free_port
+from pm.config import Config
+from pm.events import EmailSent, StepFailed
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[SmtpSink]:
+    with SmtpSink(tmp_path / "maildir", port=free_port()) as running_sink:
+        yield running_sink
+
+
+def test_sent_once_even_when_redelivered(topics: Config, sink: SmtpSink) -> None:
+    config = replace(topics, smtp_port=sink.port, reply_from="support@shop.example")
+    reader = Reader(config)
+    command = send_email(to="jane@example.com")
+    with running(StepConsumer(config, load_handler("send-email", config))):
+        produce(config, command)
+        (result,) = reader.take(1)
+        produce(config, command)  # redelivered
+        reader.take(1)
+    assert isinstance(result, EmailSent)
+    assert result.payload.message_id == message_id_for(command.payload.command_id)
+    assert result.payload.smtp_response.startswith("250 OK: queued as")
+    assert reader.raw[0].value() == reader.raw[1].value()
+    (message,) = sink.messages()
+    assert message["Message-ID"] == result.payload.message_id and message["To"] == "jane@example.com"
+    assert message["From"] == "support@shop.example" and message["In-Reply-To"] == "<m1@mail.example>"
+    assert message["References"] == "<m1@mail.example>"
+
+
+def test_smtp_down_is_retried_then_retryable(topics: Config) -> None:
+    from consumers.base import RetryPolicy
+
+    config = replace(topics, smtp_port=free_port())
+    reader = Reader(config)
+    retry = RetryPolicy(tries=2, base_delay=0.01, max_delay=0.02)
+    with running(StepConsumer(config, load_handler("send-email", config), retry=retry)):
+        produce(config, send_email())
+        (result,) = reader.take(1)
+    assert isinstance(result, StepFailed) and result.payload.retryable and not result.payload.uncertain
+
+
+def _consumer_process(config: Config, smtp_port: int, fault: bool) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PM_SMTP_PORT": str(smtp_port), "OTEL_SDK_DISABLED": "true"}
+    env.pop(FAULT_ENV, None)
+    if fault:
+        env[FAULT_ENV] = "hang-after-data"
+    argv = [sys.executable, "-m", "pm", "run", "consumer", "send-email", "--bootstrap", config.bootstrap]
+    argv += ["--prefix", config.topic_prefix, "--state-dir", str(config.state_dir)]
+    return subprocess.Popen(argv, env={**env, "PM_FETCH_WAIT_MAX_MS": "10"}, stderr=subprocess.DEVNULL)
+
+
+def test_kill_9_between_sending_and_sent_gives_one_uncertain_result(topics: Config, sink: SmtpSink) -> None:
+    reader = Reader(topics)
+    command = send_email()
+    crashing = _consumer_process(topics, sink.port, fault=True)
+    try:
+        produce(topics, command)
+        deadline = time.monotonic() + 30
+        while not sink.messages() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(sink.messages()) == 1, "the consumer never reached the SMTP server"
+        crashing.send_signal(signal.SIGKILL)  # after DATA, before `sent` is recorded
+        crashing.wait(10)
+        assert reader.nothing_more(0.5)
+    finally:
+        if crashing.poll() is None:
+            crashing.kill()
+            crashing.wait()
+    restarted = _consumer_process(topics, sink.port, fault=False)
+    try:
+        (result,) = reader.take(1, timeout=40)
+        assert reader.nothing_more(1.0)
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        restarted.wait(30)
+    assert isinstance(result, StepFailed)
+    assert result.payload.uncertain and not result.payload.retryable
+    assert result.payload.command_id == command.payload.command_id
+    assert len(mailbox.Maildir(str(sink.maildir))) == 1  # never sent a second time

@@ -1,0 +1,94 @@
+"""`pm run all`: restarts a killed child, stops every child on SIGTERM (real child processes)."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+
+from pm.broker import free_port
+from pm.config import Config
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie of a child reaped late still "exists"; check its state.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_restarts_killed_child_and_stops_all_on_sigterm(topics: Config) -> None:
+    port = free_port()
+    env = {**os.environ, "PM_ORDER_SERVICE_URL": f"http://127.0.0.1:{port}", "OTEL_SDK_DISABLED": "true"}
+    argv = [sys.executable, "-m", "pm", "run", "all", "--only", "order-service,fetch-refund-policy"]
+    argv += [
+        "--bootstrap",
+        topics.bootstrap,
+        "--prefix",
+        topics.topic_prefix,
+        "--state-dir",
+        str(topics.state_dir),
+    ]
+    supervisor = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(
+        target=lambda: [lines.put(line) for line in supervisor.stdout or []], daemon=True
+    ).start()
+
+    def expect(pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"supervisor never printed {pattern!r}")
+
+    try:
+        pids = {
+            m.group(1): int(m.group(2)) for m in (expect(r"started (\S+) \(pid (\d+)\)") for _ in range(2))
+        }
+        assert set(pids) == {"order-service", "fetch-refund-policy"}
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        os.kill(pids["order-service"], signal.SIGKILL)
+        expect(rf"order-service \(pid {pids['order-service']}\) exited with -9")
+        new_pid = int(expect(r"restarted order-service \(pid (\d+)").group(1))
+        assert new_pid != pids["order-service"]
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/orders/A-1001", timeout=1).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "restarted order service never answered"
+                time.sleep(0.2)
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(30) == 0
+        expect(r"all children stopped", timeout=5)
+        assert not _alive(new_pid) and not _alive(pids["fetch-refund-policy"])
+    finally:
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
