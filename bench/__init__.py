@@ -3,6 +3,11 @@
 BENCHMARKS = {
     "pipe": "bench.pipe",
     "pm-throughput": "bench.pm_throughput",
+    "chaos": "bench.chaos",
+    "e2e": "bench.e2e",
+    "rebuild": "bench.rebuild",
+    "recovery": "bench.recovery",
+    "memory": "bench.memory",
 }
 
 __all__ = ["BENCHMARKS"]

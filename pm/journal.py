@@ -231,9 +231,13 @@ def fold_entry(
         )
         state = definition.initial_state(event)
     else:
-        definition, state = registry.resolve(
-            record.process, record.version, record.state.model_dump(mode="json")
-        )
+        known = registry.get(record.process, record.version)
+        if known is not None:
+            definition, state = known, record.state
+        else:
+            definition, state = registry.resolve(
+                record.process, record.version, record.state.model_dump(mode="json")
+            )
     if payload.outcome == "applied":
         outcome = evaluate(definition, state, event)
         if outcome.outcome != "applied":  # today's code disagrees with the record: the record wins

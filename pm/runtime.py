@@ -396,11 +396,15 @@ class ProcessManager:
                         )
         except JournalIdle as exc:
             if not anchored:
-                raise _AnchorMismatch(f"no journal record at offset {start}, the last one the store reflects") from exc
+                raise _AnchorMismatch(
+                    f"no journal record at offset {start}, the last one the store reflects"
+                ) from exc
             raise StoreError(f"catching up partition {partition}: {exc}") from exc
         except JournalError as exc:
             if not anchored:
-                raise _AnchorMismatch(f"the journal has no offset {start} the store reflects ({exc})") from exc
+                raise _AnchorMismatch(
+                    f"the journal has no offset {start} the store reflects ({exc})"
+                ) from exc
             raise StoreError(f"catching up partition {partition}: {exc}") from exc
         if not anchored:
             raise _AnchorMismatch(
@@ -530,7 +534,12 @@ class ProcessManager:
                 batch.deferred[(physical, partition)] = offset
                 return
             definition = starter
-            state = definition.initial_state(event)
+            try:
+                state = definition.initial_state(event)
+            except Exception as exc:  # a definition bug on a start event: nothing to fail yet, so DLQ it
+                batch.consumed(physical, partition, offset)
+                self._dlq(batch, message, f"{definition.name}.initial_state: {exc}", type(exc).__name__)
+                return
         else:
             assert definition is not None
             state = before.state
@@ -559,10 +568,14 @@ class ProcessManager:
                 on_delivery=batch.on_journal_delivery(entry.event_id),
             )
             if outcome.outcome == "applied" and outcome.decision is not None:
-                for output in (*outcome.decision.commands, *outcome.decision.publish):
+                # The entry already holds every output encoded (build_entry): send those bytes, not a
+                # second encoding (encode was ~1/6 of the PM's time, half of it spent twice).
+                outputs = (*outcome.decision.commands, *outcome.decision.publish)
+                encoded = (*entry.payload.commands, *entry.payload.published)
+                for output, value in zip(outputs, encoded, strict=True):
                     self._produce(
                         self.config.topic(output.topic),
-                        encode(output),
+                        value,
                         key=correlation_id,
                         headers=headers,
                         on_delivery=batch.on_delivery,
@@ -864,11 +877,24 @@ def run_process_manager(
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
         manager.start()
+        print(
+            f"pm: process manager {config.instance_id} running (group {manager.group_id}, "
+            f"transactional.id {manager.transactional_id}, max active {max_active})",
+            file=manager.log,
+            flush=True,
+        )
         if on_started is not None:
             on_started(manager)
         manager.run(stop)
     finally:
         manager.close()
+        s = manager.stats
+        print(
+            f"pm: stopped after {s.batches} batches: {s.handled} inputs journaled, {s.duplicates} duplicates, "
+            f"{s.dlq} to the DLQ, {s.timers_fired} timers fired, {s.aborts} aborted transactions",
+            file=manager.log,
+            flush=True,
+        )
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return manager.stats

@@ -12,6 +12,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
+from test_runtime_support import (
+    PmThread,
+    classified,
+    email,
+    publish,
+    read_topic,
+    sent,
+    wait_stage,
+    wait_until,
+)
 
 from pm.cli import main as pm_main
 from pm.codec import decode
@@ -21,7 +31,6 @@ from pm.events import (
     ApprovalDecided,
     ApprovalDecidedPayload,
     DlqRecord,
-    EmailReceived,
     TimerFired,
     derive_id,
 )
@@ -29,7 +38,6 @@ from pm.journal import iter_journal
 from pm.runtime import ProcessManager
 from pm.store import PartitionStore, StoreError, list_store_paths, store_root
 from pm.topics import apply_topics
-from test_runtime_support import PmThread, classified, email, publish, read_topic, sent, wait_stage, wait_until
 
 
 def statuses(config: Config) -> dict[str, str]:
@@ -48,7 +56,15 @@ def cli(config: Config, *args: str) -> str:
     out = io.StringIO()
     with redirect_stdout(out):
         code = pm_main(
-            [*args, "--bootstrap", config.bootstrap, "--prefix", config.topic_prefix, "--state-dir", str(config.state_dir)]
+            [
+                *args,
+                "--bootstrap",
+                config.bootstrap,
+                "--prefix",
+                config.topic_prefix,
+                "--state-dir",
+                str(config.state_dir),
+            ]
         )
     assert code == 0
     return out.getvalue()
@@ -58,8 +74,22 @@ def test_process_runs_through_all_steps_with_duplicates_poison_and_a_failing_dec
     config = topics
     cids = [f"<m{i}@mail.example>" for i in range(3)]
     boom = "<boom@mail.example>"
+    decided = ApprovalDecided(
+        event_id="approval-1",
+        correlation_id=cids[1],
+        occurred_at=datetime.now(UTC),
+        payload=ApprovalDecidedPayload(
+            approval_id="a1",
+            decision="approve",
+            reviewer="mallory",
+            draft_hash="0" * 64,
+            policy_version="v1",
+            decided_at=datetime.now(UTC),
+        ),
+    )
     log = io.StringIO()
-    with PmThread(config, log=log) as pm:
+    refuse = lambda e: "unsigned: no signature" if isinstance(e, ApprovalDecided) else None  # noqa: E731
+    with PmThread(config, log=log, verifier=refuse) as pm:
         # A poison record, then a good e-mail with the same key (same partition, right after it);
         # an EmailClassified for a process nobody started; a failing decide.
         publish(config, [("email.received", cids[0], b"\x00not avro at all")])
@@ -67,6 +97,7 @@ def test_process_runs_through_all_steps_with_duplicates_poison_and_a_failing_dec
         wait_stage(config, cids, "classifying")
         publish(config, [classified(c) for c in cids])
         wait_stage(config, cids, "sending")
+        publish(config, [decided])  # the edge check refuses it before decide runs
         publish(config, [sent(c) for c in cids])
         # Duplicates of every kind of input: re-delivered e-mail, result, final result.
         publish(config, [email(cids[0]), classified(cids[1]), sent(cids[2]), email(boom, subject="boom")])
@@ -78,16 +109,22 @@ def test_process_runs_through_all_steps_with_duplicates_poison_and_a_failing_dec
         assert "failed" in cli(config, "processes")
         stats = pm.manager.stats
 
-    assert {row["correlation_id"]: row["status"] for row in table} == {**{c: "sent" for c in cids}, boom: "failed"}
+    assert {row["correlation_id"]: row["status"] for row in table} == {
+        **{c: "sent" for c in cids},
+        boom: "failed",
+    }
     assert sorted(row["correlation_id"] for row in only_sent) == sorted(cids)
     failed = next(row for row in table if row["correlation_id"] == boom)
     assert failed["reason"] == "RuntimeError: cannot handle this e-mail"
 
     entries = journal(config)
     assert Counter(e[1] for e in entries).most_common(1)[0][1] == 1, "an input was journaled twice"
-    assert len(entries) == 3 * 3 + 1
+    assert len(entries) == 3 * 3 + 1 + 1
     assert (boom, derive_id(boom, "received"), "failed", "failed") in entries
-    assert stats.handled == 10 and stats.duplicates == 4 and stats.dlq == 2
+    assert (cids[1], "approval-1", "rejected", "running") in entries
+    reasons = [r.entry.payload.reason for r in iter_journal(config) if r.event.event_id == "approval-1"]
+    assert reasons == ["unsigned: no signature"]  # the verifier's reason; MINI would have said "not expected"
+    assert stats.handled == 11 and stats.duplicates == 4 and stats.dlq == 2
 
     # Commands: one ClassifyEmail and one SendEmail per process, none for the failed one.
     classify = [decode(m.value()) for m in read_topic(config, "cmd.classify")]
@@ -177,7 +214,9 @@ def test_timers_fire_survive_restart_and_cancelled_ones_do_not_fire(topics: Conf
     fast, slow, cancelled = "<fast@x>", "<slow@x>", "<cancelled@x>"
     with PmThread(config):
         started = time.monotonic()
-        publish(config, [email(fast, "fast-timer"), email(slow, "slow-timer"), email(cancelled, "slow-timer")])
+        publish(
+            config, [email(fast, "fast-timer"), email(slow, "slow-timer"), email(cancelled, "slow-timer")]
+        )
         wait_stage(config, [cancelled], "classifying", timeout=3)
         publish(config, [classified(cancelled)])  # cancels its timer
         wait_stage(config, [cancelled], "sending", timeout=3)
@@ -229,27 +268,48 @@ def test_backpressure_pauses_new_emails_above_max_active(topics: Config) -> None
         assert pm.manager.stats.deferred >= 1
 
 
-def test_approval_edge_check_rejects_without_deciding(topics: Config) -> None:
+def test_aborted_transaction_is_retried_without_double_effects(
+    topics: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+
     config = topics
-    cid = "<approve@x>"
-    decided = ApprovalDecided(
-        event_id="approval-1",
-        correlation_id=cid,
-        occurred_at=datetime.now(UTC),
-        payload=ApprovalDecidedPayload(
-            approval_id="a1",
-            decision="approve",
-            reviewer="mallory",
-            draft_hash="0" * 64,
-            policy_version="v1",
-            decided_at=datetime.now(UTC),
-        ),
-    )
-    with PmThread(config, verifier=lambda e: "unsigned: no signature" if isinstance(e, ApprovalDecided) else None):
-        publish(config, [email(cid), decided])
-        wait_until(lambda: len(journal(config)) == 2)
-    entries = journal(config)
-    assert entries[-1] == (cid, "approval-1", "rejected", "running")
-    reasons = [r.entry.payload.reason for r in iter_journal(config) if r.event.event_id == "approval-1"]
-    assert reasons == ["unsigned: no signature"]
-    assert isinstance(decode(next(iter_journal(config)).entry.payload.event), EmailReceived)
+    cids = [f"<a{i}@mail.example>" for i in range(3)]
+    manager = ProcessManager(config, [_mini()], log=io.StringIO())
+    manager.start()
+    try:
+        wait_until(lambda: manager.run_once(0.1) >= 0 and manager.assignments > 0)
+        real_commit = manager._commit
+        failures = []
+
+        def flaky_commit() -> None:
+            if not failures:
+                failures.append(1)
+                raise KafkaException(KafkaError(KafkaError._FAIL, "injected", txn_requires_abort=True))
+            real_commit()
+
+        monkeypatch.setattr(manager, "_commit", flaky_commit)
+        publish(config, [email(c) for c in cids])
+        wait_until(lambda: manager.run_once(0.1) >= 0 and manager.stats.handled == 3)
+        for _ in range(10):
+            manager.run_once(0.05)
+        assert manager.stats.aborts == 1 and manager.stats.handled == 3 and manager.stats.duplicates == 0
+    finally:
+        manager.close()
+    assert statuses(config) == {c: "running" for c in cids}
+    # A broker may show the aborted attempt's records (the local one does): same bytes, same IDs.
+    copies: dict[str, set[bytes]] = {}
+    for message in read_topic(config, "pm.journal"):
+        copies.setdefault(decode(message.value()).event_id, set()).add(message.value())
+    assert len(copies) == 3 and all(len(v) == 1 for v in copies.values())
+    assert len({decode(m.value()).event_id for m in read_topic(config, "cmd.classify")}) == 3
+    # A rebuild folds every copy once.
+    shutil.rmtree(store_root(config))
+    with PmThread(config):
+        pass
+    assert statuses(config) == {c: "running" for c in cids}
+    assert all(len(_timers_of(config, c)) == 1 for c in cids)
+
+
+def _timers_of(config: Config, cid: str) -> list[tuple[str, str, int]]:
+    return [t for t in _timers(config) if t[0] == cid]

@@ -33,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     consumer.add_argument(
         "--retries", type=int, default=4, help="tries per command on transient errors (default 4)"
     )
+    consumer.add_argument(
+        "--llm-latency-ms",
+        type=int,
+        default=None,
+        help="LLM steps, offline provider: artificial latency per call (benchmarks)",
+    )
     consumer.set_defaults(handler=_consumer)
 
     orders = parts.add_parser("order-service", parents=[common], help="the sample HTTP order service")
@@ -58,6 +64,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     every.add_argument("--concurrency", type=int, default=4, help="per step consumer")
     every.add_argument("--max-active", type=int, default=None)
     every.add_argument("--with-services", action="store_true", help="also run order-service and smtp-sink")
+    every.add_argument(
+        "--llm-latency-ms",
+        type=int,
+        default=None,
+        help="classify/draft-reply, offline provider: latency per call",
+    )
     every.add_argument(
         "--maildir", type=Path, default=None, help="smtp-sink Maildir (default STATE_DIR/maildir)"
     )
@@ -85,9 +97,17 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
     from consumers.base import RetryPolicy, run_step_consumer
     from pm.telemetry import setup_telemetry
 
-    options = {k: v for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v is not None}
+    options: dict[str, float | int] = {
+        k: v
+        for k, v in (("rpm", args.rpm), ("tpm", args.tpm), ("llm_latency_ms", args.llm_latency_ms))
+        if v is not None
+    }
     if options and args.step not in LLM_STEPS:
-        raise PmError(f"--rpm/--tpm apply to the LLM steps ({', '.join(LLM_STEPS)}), not {args.step}")
+        raise PmError(
+            f"--rpm/--tpm/--llm-latency-ms apply to the LLM steps ({', '.join(LLM_STEPS)}), not {args.step}"
+        )
+    if args.llm_latency_ms is not None and args.llm_latency_ms < 0:
+        raise PmError("--llm-latency-ms must be 0 or more")
     if args.concurrency < 1 or args.retries < 1:
         raise PmError("--concurrency and --retries must be at least 1")
     _logging()
@@ -182,7 +202,11 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
             extra = [] if args.max_active is None else ["--max-active", str(args.max_active)]
             specs.append((name, [*base, "pm", *flags, *extra]))
         elif name in STEP_NAMES:
-            specs.append((name, [*base, "consumer", name, "--concurrency", str(args.concurrency), *flags]))
+            latency = getattr(args, "llm_latency_ms", None)
+            extra = ["--llm-latency-ms", str(latency)] if latency is not None and name in LLM_STEPS else []
+            specs.append(
+                (name, [*base, "consumer", name, "--concurrency", str(args.concurrency), *extra, *flags])
+            )
         elif name == "order-service":
             port = urlsplit(config.order_service_url).port or 8765
             specs.append((name, [*base, "order-service", "--port", str(port), *flags]))

@@ -1,0 +1,326 @@
+"""`e2e`: complete e-mail processes per second through the PM and all five step consumers.
+
+Every component is its own OS process, started as a user would (`python -m pm run pm`,
+`pm run consumer STEP --concurrency 8`, `pm run order-service`, `pm run smtp-sink`),
+on a fresh local broker. The LLM steps use the offline provider with an artificial
+latency per call (`--llm-latency-ms`, 0 and 50 ms). 80 % of the e-mails ask where
+their order is (answered without a human), 20 % ask for a refund (approval required):
+a scripted reviewer in this process tails `approvals.requested` and publishes a signed
+approval (`pm.approvals.build_decision`) as soon as a request appears.
+
+One warm-up e-mail runs end to end first (every consumer has joined its group). Then
+N e-mails are published and the journal is tailed until every process is terminal.
+
+- processes/s = N / (last terminal journal record - first publish)
+- per process latency = terminal journal record time - the e-mail's `occurred_at`
+- per decision latency = journal record time - the input event's `occurred_at`
+  (input produced -> consumed, decided, journaled and committed by the PM)
+
+Sizes: N = 2,000 and 20,000 (quick: 200), each at 0 ms and 50 ms LLM latency.
+On this 2-core machine the 20,000 runs take several minutes each (see RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaError, TopicPartition
+
+from bench.cluster import Child, JournalTail, child_env, percentile, pm_argv
+from bench.common import Result, bench_broker, report
+from bench.scenario import Scenario
+from pm.approvals import build_decision, ensure_local_key, signing_key
+from pm.broker import free_port
+from pm.client import EmailPublisher
+from pm.codec import CodecError, decode, encode
+from pm.config import Config
+from pm.events import ApprovalRequested
+from pm.kafka import make_consumer, make_producer
+from pm.topics import load_layout
+
+__all__ = ["run", "measure_e2e", "E2eResult", "ScriptedReviewer"]
+
+STEPS = ("classify", "fetch-order", "fetch-refund-policy", "draft-reply", "send-email")
+REVIEWER = "bench-reviewer"
+TERMINAL = frozenset({"sent", "escalated", "failed", "rejected"})
+CONCURRENCY = 8
+
+
+class ScriptedReviewer(threading.Thread):
+    """Approves every approval request as soon as it shows up on `approvals.requested`."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(name="bench-reviewer", daemon=True)
+        self.config = config
+        self.stop = threading.Event()
+        self.approved = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the benchmark
+            self.error = exc
+
+    def _run(self) -> None:
+        key_id, secret = signing_key(self.config)
+        topic = self.config.topic("approvals.requested")
+        partitions = load_layout().spec("approvals.requested").partitions
+        consumer = make_consumer(self.config, "bench-reviewer", f"{self.config.topic_prefix}bench-reviewer")
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        producer = make_producer(self.config, "bench-reviewer")
+        seen: set[str] = set()
+        try:
+            while not self.stop.is_set():
+                for msg in consumer.consume(500, timeout=0.05):
+                    error = msg.error()
+                    if error is not None:
+                        if error.code() != KafkaError._PARTITION_EOF:
+                            raise RuntimeError(error)
+                        continue
+                    try:
+                        request = decode(msg.value() or b"")
+                    except CodecError:
+                        continue
+                    if not isinstance(request, ApprovalRequested) or request.payload.approval_id in seen:
+                        continue
+                    seen.add(request.payload.approval_id)
+                    decision = build_decision(
+                        correlation_id=request.correlation_id,
+                        approval_id=request.payload.approval_id,
+                        decision="approve",
+                        reviewer=REVIEWER,
+                        draft_hash=request.payload.draft_hash,
+                        policy_version=request.payload.policy_version,
+                        key_id=key_id,
+                        secret=secret,
+                        causation_id=request.event_id,
+                    )
+                    producer.produce(
+                        self.config.topic("approvals"),
+                        key=decision.correlation_id.encode(),
+                        value=encode(decision),
+                    )
+                    self.approved += 1
+                producer.poll(0)
+        finally:
+            producer.flush(10)
+            consumer.close()
+
+
+@dataclass(frozen=True)
+class E2eResult:
+    processes: int
+    latency_ms: int
+    seconds: float
+    statuses: dict[str, int]
+    approvals: int
+    decisions: int
+    decision_p50: float
+    decision_p99: float
+    process_p50: float
+    process_p99: float
+    # input type -> (p50 ms from the previous journal record of the process to this input's occurred_at
+    # (command delivered, step ran, result produced), p50 ms from occurred_at to this journal record)
+    stages: dict[str, tuple[float, float]]
+
+    @property
+    def rate(self) -> float:
+        return self.processes / self.seconds if self.seconds > 0 else 0.0
+
+
+def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[list[Child], dict[str, str]]:
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = child_env(config, PM_REVIEWERS=REVIEWER)
+    latency = ["--llm-latency-ms", str(llm_latency_ms)]
+    children = [
+        Child("order-service", pm_argv("run", "order-service"), logs / "order.log"),
+        Child(
+            "smtp-sink", pm_argv("run", "smtp-sink", "--maildir", str(work / "maildir")), logs / "smtp.log"
+        ),
+        Child("pm", pm_argv("run", "pm"), logs / "pm.log"),
+        *(
+            Child(
+                step,
+                pm_argv(
+                    "run",
+                    "consumer",
+                    step,
+                    "--concurrency",
+                    str(CONCURRENCY),
+                    *(latency if step in ("classify", "draft-reply") else []),
+                ),
+                logs / f"{step}.log",
+            )
+            for step in STEPS
+        ),
+    ]
+    for child in children:
+        child.start(env)
+    return children, env
+
+
+def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: float = 1800.0) -> E2eResult:
+    """One run on the broker of `base` with fresh topics under a new prefix and a fresh state dir."""
+    work = Path(tempfile.mkdtemp(prefix="pm-bench-e2e-"))
+    config = base.with_overrides(
+        topic_prefix=f"e{uuid.uuid4().hex[:8]}.",
+        state_dir=work / "state",
+        order_service_url=f"http://127.0.0.1:{free_port()}",
+        smtp_port=free_port(),
+    )
+    from pm.topics import apply_topics
+
+    apply_topics(config)
+    ensure_local_key(config)
+    children, _env = _start_cluster(config, work, llm_latency_ms)
+    reviewer = ScriptedReviewer(config)
+    reviewer.start()
+    tail = JournalTail(config)
+    publisher = EmailPublisher(config)
+    scenario = Scenario(config, uuid.uuid4().hex[:6])
+    status: dict[str, str] = {}
+    try:
+        # Warm-up: one refund e-mail end to end (every consumer and the reviewer on the way).
+        warm = scenario.email(-1, "refund")
+        publisher.publish(
+            {**warm.payload.model_dump(), "received_at": None},
+        )
+        deadline = time.monotonic() + 120
+        while status.get(warm.correlation_id) not in TERMINAL:
+            _check(children, reviewer, deadline, "the warm-up e-mail")
+            for row in tail.poll(0.2):
+                status[row.correlation_id] = row.status
+        if status[warm.correlation_id] != "sent":
+            raise RuntimeError(f"warm-up e-mail ended {status[warm.correlation_id]}: {_tails(children)}")
+
+        started_ms = time.time() * 1000
+        wanted: set[str] = set()
+        for i in range(processes):
+            kind = "refund" if i % 5 == 4 else "status"
+            email = scenario.email(i, kind)
+            wanted.add(email.correlation_id)
+            publisher.submit(email.payload, lambda _d: None)
+        publisher.flush(120)
+
+        decisions: list[float] = []
+        last_written: dict[str, int] = {}
+        stage_step: dict[str, list[float]] = {}
+        stage_decide: dict[str, list[float]] = {}
+        received_ms: dict[str, int] = {}
+        finished_ms: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(finished_ms) < processes:
+            _check(children, reviewer, deadline, f"{processes - len(finished_ms)} processes to finish")
+            for row in tail.poll(0.2):
+                if row.correlation_id not in wanted:
+                    continue
+                status[row.correlation_id] = row.status
+                decisions.append(row.written_ms - row.input_ms)
+                stage_decide.setdefault(row.input_type, []).append(row.written_ms - row.input_ms)
+                previous = last_written.get(row.correlation_id)
+                if previous is not None:
+                    stage_step.setdefault(row.input_type, []).append(row.input_ms - previous)
+                last_written[row.correlation_id] = row.written_ms
+                if row.input_type == "EmailReceived":
+                    received_ms[row.correlation_id] = row.input_ms
+                if row.status in TERMINAL and row.correlation_id not in finished_ms:
+                    finished_ms[row.correlation_id] = row.written_ms
+        seconds = (max(finished_ms.values()) - started_ms) / 1000
+        latencies = [finished_ms[c] - received_ms[c] for c in finished_ms if c in received_ms]
+        counts: dict[str, int] = {}
+        for cid in wanted:
+            counts[status.get(cid, "?")] = counts.get(status.get(cid, "?"), 0) + 1
+        return E2eResult(
+            processes=processes,
+            latency_ms=llm_latency_ms,
+            seconds=seconds,
+            statuses=counts,
+            approvals=reviewer.approved,
+            decisions=len(decisions),
+            decision_p50=percentile(decisions, 50),
+            decision_p99=percentile(decisions, 99),
+            process_p50=percentile([float(v) for v in latencies], 50),
+            process_p99=percentile([float(v) for v in latencies], 99),
+            stages={
+                t: (percentile(stage_step.get(t, []), 50), percentile(v, 50)) for t, v in stage_decide.items()
+            },
+        )
+    finally:
+        reviewer.stop.set()
+        reviewer.join(15)
+        tail.close()
+        publisher.flush(10)
+        for child in reversed(children):
+            child.stop()
+
+
+def _check(children: list[Child], reviewer: ScriptedReviewer, deadline: float, what: str) -> None:
+    dead = [c.name for c in children if not c.alive()]
+    if dead:
+        raise RuntimeError(f"{', '.join(dead)} exited while waiting for {what}:\n{_tails(children)}")
+    if reviewer.error is not None:
+        raise RuntimeError(f"the scripted reviewer failed: {reviewer.error!r}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"timed out waiting for {what}:\n{_tails(children)}")
+
+
+def _tails(children: list[Child]) -> str:
+    return "\n".join(f"--- {c.name}\n{c.tail(8)}" for c in children)
+
+
+def run(quick: bool, *, sizes: tuple[int, ...] | None = None, latencies: tuple[int, ...] = (0, 50)) -> Result:
+    sizes = sizes or ((200,) if quick else (2_000, 20_000))
+    runs: list[E2eResult] = []
+    with bench_broker() as config:
+        for n in sizes:
+            for latency in latencies:
+                runs.append(measure_e2e(config, n, latency))
+    rows: list[tuple[str, str]] = [("concurrency per step consumer", str(CONCURRENCY))]
+    for r in runs:
+        label = f"N={r.processes:,} llm={r.latency_ms}ms"
+        rows += [
+            (
+                label,
+                f"{r.rate:,.1f} processes/s ({r.seconds:.1f}s), statuses {r.statuses}, {r.approvals} approvals",
+            ),
+            (
+                f"{label} latency",
+                f"decision p50 {r.decision_p50:.0f} ms p99 {r.decision_p99:.0f} ms ({r.decisions:,} decisions); "
+                f"process p50 {r.process_p50:.0f} ms p99 {r.process_p99:.0f} ms",
+            ),
+            (
+                f"{label} stages p50",
+                ", ".join(f"{t} step {a:.0f}/pm {b:.0f} ms" for t, (a, b) in r.stages.items()),
+            ),
+        ]
+    head = runs[0]
+    result = Result(
+        "e2e",
+        head.rate,
+        "processes/s",
+        extra={
+            "runs": [
+                {
+                    "processes": r.processes,
+                    "llm_latency_ms": r.latency_ms,
+                    "processes_per_s": round(r.rate, 2),
+                    "seconds": round(r.seconds, 2),
+                    "decision_p50_ms": r.decision_p50,
+                    "decision_p99_ms": r.decision_p99,
+                    "process_p50_ms": r.process_p50,
+                    "process_p99_ms": r.process_p99,
+                    "statuses": r.statuses,
+                }
+                for r in runs
+            ]
+        },
+    )
+    report(rows, result)
+    return result
