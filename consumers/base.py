@@ -42,7 +42,8 @@ from consumers.step import PermanentError, StepHandler, TransientError, failed_r
 from pm import telemetry
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
-from pm.events import CommandPayload, DlqRecord, DlqRecordPayload, Event, Step, derive_id
+from pm.dlq import dead_letter
+from pm.events import CommandPayload, Event, Step
 from pm.kafka import make_consumer, make_producer
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "LedgerAware",
     "OffsetTracker",
     "StepConsumer",
-    "dead_letter",
     "run_step_consumer",
 ]
 
@@ -139,44 +139,6 @@ class _Work:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def dead_letter(
-    topic: str,
-    partition: int,
-    offset: int,
-    key: bytes | None,
-    value: bytes | None,
-    *,
-    reason: str,
-    error_type: str,
-    failed_by: str,
-    now: datetime,
-) -> tuple[DlqRecord, Headers]:
-    """The `pm.dlq` record (and its reason headers) for a record nobody can process; IDs derive from the source."""
-    text_key = key.decode("utf-8", "replace") if key else ""
-    record = DlqRecord(
-        event_id=derive_id("dlq", topic, partition, offset),
-        correlation_id=text_key or f"{topic}/{partition}/{offset}",
-        occurred_at=now,
-        payload=DlqRecordPayload(
-            source_topic=topic,
-            source_partition=partition,
-            source_offset=offset,
-            key=key,
-            value=value,
-            reason=reason,
-            error_type=error_type,
-            failed_by=failed_by,
-        ),
-    )
-    headers: Headers = [
-        ("dlq.reason", reason.encode()),
-        ("dlq.error_type", error_type.encode()),
-        ("dlq.source", f"{topic}/{partition}/{offset}".encode()),
-        ("dlq.failed_by", failed_by.encode()),
-    ]
-    return record, headers
 
 
 class StepConsumer:

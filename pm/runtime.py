@@ -41,10 +41,12 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from pm import telemetry
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
+from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
-from pm.events import ApprovalDecided, DlqRecord, DlqRecordPayload, Event, derive_id
+from pm.events import ApprovalDecided, Event
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalError,
@@ -58,7 +60,7 @@ from pm.journal import (
     iter_journal,
 )
 from pm.kafka import make_admin, make_consumer, make_transactional_producer
-from pm.process import ProcessDefinition
+from pm.process import ProcessDefinition, Status
 from pm.registry import Registry
 from pm.store import PartitionStore, StoreError, StoreWrite, TimerEntry, store_path
 from pm.timers import TimerService, fired_event
@@ -74,7 +76,6 @@ __all__ = [
 ]
 
 EMAIL_TOPIC = "email.received"
-DLQ_TOPIC = "pm.dlq"
 TIMERS_TOPIC = "pm.timers"
 
 
@@ -198,7 +199,6 @@ class ProcessManager:
         self._journal_topic_id: str | None = None
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
-        self._telemetry: Any = None
         self.assignments = 0  # completed assignments (stores open and caught up): tests and demos wait on it
 
     # ------------------------------------------------------------ lifecycle
@@ -228,12 +228,6 @@ class ProcessManager:
         if problems:
             raise PmError("the topics do not fit the process manager:\n  " + "\n  ".join(problems))
         self._journal_topic_id = self._topic_id(self.config.topic(JOURNAL_TOPIC))
-        try:
-            import pm.telemetry as telemetry
-
-            self._telemetry = telemetry
-        except ImportError:  # telemetry is optional for the runtime
-            self._telemetry = None
         # The producer first: init_transactions fences and aborts what a previous run of this
         # instance left open, which would otherwise hold read_committed (and our catch-up) back.
         self._producer = make_transactional_producer(self.config, "pm", self.transactional_id)
@@ -517,6 +511,7 @@ class ProcessManager:
         if before is not None and before.seen(event.event_id):
             batch.consumed(physical, partition, offset)
             batch.duplicates += 1
+            telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": "duplicate"})
             return
         if before is None:
             starter = self.registry.starter(event)
@@ -546,8 +541,14 @@ class ProcessManager:
         batch.consumed(physical, partition, offset)
         with self._span(message, event, topic, partition, offset):
             verifier = self.verifier if isinstance(event, ApprovalDecided) else None
+            started = time.perf_counter()
             outcome = evaluate(definition, state, event, verifier)
+            telemetry.decision_latency().record(
+                time.perf_counter() - started, {"pm.process": definition.name, "pm.event_type": event.type}
+            )
+            telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": outcome.outcome})
             after = advance(definition, before, state, event, outcome, -1)
+            _count_transition(before.status if before is not None else None, after.status)
             entry = build_entry(
                 definition,
                 event,
@@ -634,40 +635,31 @@ class ProcessManager:
 
     def _dlq(self, batch: Batch, message: Message, reason: str, error_type: str) -> None:
         physical = str(message.topic())
+        topic = self.config.logical_topic(physical)
         partition = int(message.partition() or 0)
         offset = int(message.offset() or 0)
-        key = message.key()
-        source = f"{physical}/{partition}/{offset}"
-        record = DlqRecord(
-            event_id=derive_id(source, "dlq"),
-            correlation_id=(key.decode("utf-8", "replace") if key else source) or source,
-            occurred_at=datetime.now(UTC),
-            payload=DlqRecordPayload(
-                source_topic=self.config.logical_topic(physical),
-                source_partition=partition,
-                source_offset=offset,
-                key=key,
-                value=message.value(),
-                reason=reason,
-                error_type=error_type,
-                failed_by="pm",
-            ),
+        record, headers = dead_letter(
+            topic,
+            partition,
+            offset,
+            message.key(),
+            message.value(),
+            reason=reason,
+            error_type=error_type,
+            failed_by="pm",
+            now=datetime.now(UTC),
         )
-        headers = [
-            ("pm.reason", reason.encode()),
-            ("pm.error_type", error_type.encode()),
-            ("pm.source", source.encode()),
-        ]
         self._produce(
             self.config.topic(DLQ_TOPIC),
             encode(record),
-            key=key,
+            key=message.key(),
             headers=headers,
             on_delivery=batch.on_delivery,
         )
         batch.dlq += 1
+        telemetry.dlq_records().add(1, {"messaging.destination.name": topic, "error.type": error_type})
         print(
-            f"pm: {source} -> {self.config.topic(DLQ_TOPIC)}: {error_type}: {reason}",
+            f"pm: {physical}/{partition}/{offset} -> {self.config.topic(DLQ_TOPIC)}: {error_type}: {reason}",
             file=self.log,
             flush=True,
         )
@@ -679,7 +671,7 @@ class ProcessManager:
         *,
         key: str | bytes | None,
         partition: int | None = None,
-        headers: list[tuple[str, bytes]] | None = None,
+        headers: telemetry.Headers | None = None,
         on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {
@@ -818,26 +810,29 @@ class ProcessManager:
     # ------------------------------------------------------------ telemetry
 
     def _span(self, message: Message, event: Event, topic: str, partition: int, offset: int) -> Any:
-        telemetry = self._telemetry
-        if telemetry is None:
-            return contextlib.nullcontext()
+        """The span of one input's handling: child of the producer's context carried in the headers."""
         return telemetry.tracer().start_as_current_span(
             f"pm.handle {event.type}",
             context=telemetry.extract(message.headers()),
             attributes={
-                "correlation_id": event.correlation_id,
-                "event_id": event.event_id,
-                "type": event.type,
-                "messaging.destination.name": topic,
-                "messaging.kafka.partition": partition,
-                "messaging.kafka.offset": offset,
+                **telemetry.event_attributes(event),
+                **telemetry.record_attributes(topic, partition, offset),
             },
         )
 
-    def _trace_headers(self) -> list[tuple[str, bytes]]:
-        if self._telemetry is None:
-            return []
-        return list(self._telemetry.inject([]))
+    def _trace_headers(self) -> telemetry.Headers:
+        return telemetry.inject([])
+
+
+def _count_transition(old: str | None, new: str) -> None:
+    """Keep the active / waiting-for-approval gauges of this instance in step with status changes."""
+    if old == new:
+        return
+    for status, delta in ((old, -1), (new, 1)):
+        if status == Status.RUNNING:
+            telemetry.active_processes().add(delta)
+        elif status == Status.WAITING_FOR_APPROVAL:
+            telemetry.waiting_processes().add(delta)
 
 
 class _AnchorMismatch(Exception):

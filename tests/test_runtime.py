@@ -133,14 +133,14 @@ def test_process_runs_through_all_steps_with_duplicates_poison_and_a_failing_dec
     assert sorted(c.correlation_id for c in send) == sorted(cids)
 
     dlq = read_topic(config, "pm.dlq")
-    reasons = {dict(m.headers())["pm.error_type"].decode(): m for m in dlq}
+    reasons = {dict(m.headers())["dlq.error_type"].decode(): m for m in dlq}
     assert set(reasons) == {"CodecError", "UnknownProcess"}
     poison = reasons["CodecError"]
     assert poison.key() == cids[0].encode()
     record = decode(poison.value())
     assert isinstance(record, DlqRecord) and record.payload.value == b"\x00not avro at all"
-    assert dict(poison.headers())["pm.source"].decode().startswith(config.topic("email.received") + "/")
-    assert b"<ghost@x>" in dict(reasons["UnknownProcess"].headers())["pm.reason"]
+    assert dict(poison.headers())["dlq.source"].decode().startswith("email.received/")
+    assert b"<ghost@x>" in dict(reasons["UnknownProcess"].headers())["dlq.reason"]
 
 
 def test_rebuild_from_journal_and_refusing_a_foreign_store(topics: Config, tmp_path: object) -> None:

@@ -162,7 +162,9 @@ def _smtp_sink(args: argparse.Namespace, config: Config) -> int:
 
 def _pm(args: argparse.Namespace, config: Config) -> int:
     from pm.runtime import run_process_manager
+    from pm.telemetry import setup_telemetry
 
+    setup_telemetry("pm")
     options = {} if args.max_active is None else {"max_active": args.max_active}
     run_process_manager(config, rebuild=args.rebuild, **options)
     return 0
