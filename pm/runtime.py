@@ -46,7 +46,7 @@ from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
-from pm.events import ApprovalDecided, Event
+from pm.events import ApprovalDecided, Event, JournalEntry
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalError,
@@ -76,6 +76,7 @@ __all__ = [
 ]
 
 EMAIL_TOPIC = "email.received"
+UNCONFIRMED_LIMIT = 10_000  # catch-up outputs kept for re-emission; only the journal's tail matters
 TIMERS_TOPIC = "pm.timers"
 
 
@@ -108,6 +109,7 @@ class RuntimeStats:
     batches: int = 0
     handled: int = 0  # inputs journaled
     duplicates: int = 0
+    reemitted: int = 0  # outputs produced again for inputs journaled by an unconfirmed transaction
     dlq: int = 0
     timers_fired: int = 0
     aborts: int = 0
@@ -138,6 +140,7 @@ class Batch:
     fired: list[TimerEntry] = field(default_factory=list)
     handled: int = 0
     duplicates: int = 0
+    reemitted: int = 0  # outputs produced again for inputs journaled by an unconfirmed transaction
     dlq: int = 0
     active_delta: int = 0
 
@@ -196,6 +199,8 @@ class ProcessManager:
         self._cache: OrderedDict[str, tuple[int, ProcessRecord, ProcessDefinition[Any]]] = OrderedDict()
         self._assignment: list[TopicPartition] = []
         self._paused: list[TopicPartition] = []
+        # Outputs of journal entries met during catch-up, by input position (see _reemit).
+        self._unconfirmed: OrderedDict[tuple[str, int, int], tuple[bytes, ...]] = OrderedDict()
         self._journal_topic_id: str | None = None
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
@@ -377,6 +382,7 @@ class ProcessManager:
                 if after is not None:
                     stage_change(write, before, after)
                     overlay[correlation_id] = after
+                self._remember_outputs(record.entry)
                 write.advance(record.offset, record.entry.event_id)
                 folded += 1
                 if folded % 5000 == 0:
@@ -511,6 +517,7 @@ class ProcessManager:
         if before is not None and before.seen(event.event_id):
             batch.consumed(physical, partition, offset)
             batch.duplicates += 1
+            self._reemit(batch, (topic, partition, offset), correlation_id)
             telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": "duplicate"})
             return
         if before is None:
@@ -591,6 +598,37 @@ class ProcessManager:
         )
         batch.active_delta += int(after.active) - int(before.active if before is not None else False)
         batch.handled += 1
+
+    def _remember_outputs(self, entry: JournalEntry) -> None:
+        """Keep the outputs of a journal entry found during catch-up, keyed by the input's position."""
+        p = entry.payload
+        if p.outcome != "applied" or not (p.commands or p.published):
+            return
+        self._unconfirmed[(p.input_topic, p.input_partition, p.input_offset)] = (*p.commands, *p.published)
+        while len(self._unconfirmed) > UNCONFIRMED_LIMIT:
+            self._unconfirmed.popitem(last=False)
+
+    def _reemit(self, batch: Batch, position: tuple[str, int, int], correlation_id: str) -> None:
+        """Produce again the outputs of an input whose journal entry exists but whose offset was never committed.
+
+        The same input at the same position comes back only when the transaction that journaled it
+        did not commit (offsets and journal commit together). On Apache Kafka such an entry is
+        aborted and invisible, so this never triggers; on a broker that shows aborted records to
+        read_committed readers (tansu.md) the entry was folded at catch-up while some of its
+        commands may never have been written. Re-producing them is safe: step consumers dedupe by
+        command ID and the PM dedupes results by event ID.
+        """
+        outputs = self._unconfirmed.pop(position, ())
+        for value in outputs:
+            self._produce(
+                self.config.topic(decode(value).topic),
+                value,
+                key=correlation_id,
+                headers=self._trace_headers(),
+                on_delivery=batch.on_delivery,
+            )
+        if outputs:
+            batch.reemitted += len(outputs)
 
     def _lookup(
         self, batch: Batch, correlation_id: str, partition: int
@@ -773,6 +811,7 @@ class ProcessManager:
         self.stats.batches += 1
         self.stats.handled += batch.handled
         self.stats.duplicates += batch.duplicates
+        self.stats.reemitted += batch.reemitted
         self.stats.dlq += batch.dlq
         self.stats.timers_fired += len(batch.fired)
         self.stats.deferred += len(batch.deferred)
@@ -885,7 +924,8 @@ def run_process_manager(
         manager.close()
         s = manager.stats
         print(
-            f"pm: stopped after {s.batches} batches: {s.handled} inputs journaled, {s.duplicates} duplicates, "
+            f"pm: stopped after {s.batches} batches: {s.handled} inputs journaled, {s.duplicates} duplicates "
+            f"({s.reemitted} outputs re-emitted), "
             f"{s.dlq} to the DLQ, {s.timers_fired} timers fired, {s.aborts} aborted transactions",
             file=manager.log,
             flush=True,
