@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from consumers.llm import LlmProvider, LlmRequest, Message, call_llm, choose_provider, invalid_output_result
+from consumers.llm import LlmProvider, LlmRequest, Message, call_llm, invalid_output_result, llm_dependencies
 from consumers.llm_output import Classification
 from consumers.rate_limit import RateLimiter
 from consumers.step import PermanentError, result_event
@@ -89,6 +89,8 @@ def build_handler(
     provider: LlmProvider | None = None,
 ) -> ClassifyHandler:
     """The classify handler: the configured endpoint (offline rules when none), rate-limited by rpm/tpm."""
-    chosen = provider or choose_provider(config, latency_ms=llm_latency_ms, timeout=timeout)
-    limiter = RateLimiter(rpm=rpm, tpm=tpm) if (rpm or tpm) else None
-    return ClassifyHandler(chosen, limiter)
+    return ClassifyHandler(
+        *llm_dependencies(
+            config, rpm=rpm, tpm=tpm, llm_latency_ms=llm_latency_ms, timeout=timeout, provider=provider
+        )
+    )

@@ -13,7 +13,7 @@ import json
 from datetime import datetime
 from typing import Any
 
-from consumers.llm import LlmProvider, LlmRequest, Message, call_llm, choose_provider, invalid_output_result
+from consumers.llm import LlmProvider, LlmRequest, Message, call_llm, invalid_output_result, llm_dependencies
 from consumers.llm_output import Draft
 from consumers.rate_limit import RateLimiter
 from consumers.step import PermanentError, result_event
@@ -125,6 +125,8 @@ def build_handler(
     provider: LlmProvider | None = None,
 ) -> DraftReplyHandler:
     """The draft-reply handler: the configured endpoint (offline rules when none), rate-limited by rpm/tpm."""
-    chosen = provider or choose_provider(config, latency_ms=llm_latency_ms, timeout=timeout)
-    limiter = RateLimiter(rpm=rpm, tpm=tpm) if (rpm or tpm) else None
-    return DraftReplyHandler(chosen, limiter)
+    return DraftReplyHandler(
+        *llm_dependencies(
+            config, rpm=rpm, tpm=tpm, llm_latency_ms=llm_latency_ms, timeout=timeout, provider=provider
+        )
+    )

@@ -52,6 +52,7 @@ __all__ = [
     "OpenAICompatibleProvider",
     "OfflineProvider",
     "choose_provider",
+    "llm_dependencies",
     "strict_json_schema",
     "call_llm",
     "invalid_output_result",
@@ -229,6 +230,20 @@ def choose_provider(config: Config, *, latency_ms: int = 0, timeout: float = 60.
         "no LLM endpoint configured (PM_LLM_BASE_URL): using the offline demo rules, provider=offline"
     )
     return OfflineProvider(latency_ms=latency_ms)
+
+
+def llm_dependencies(
+    config: Config,
+    *,
+    rpm: float | None,
+    tpm: float | None,
+    llm_latency_ms: int,
+    timeout: float,
+    provider: LlmProvider | None,
+) -> tuple[LlmProvider, RateLimiter | None]:
+    """What an LLM step handler needs: its provider (given, else chosen) and a limiter when rpm/tpm are set."""
+    chosen = provider or choose_provider(config, latency_ms=llm_latency_ms, timeout=timeout)
+    return chosen, (RateLimiter(rpm=rpm, tpm=tpm) if (rpm or tpm) else None)
 
 
 @dataclass(frozen=True)

@@ -165,7 +165,12 @@ def start_broker(state_dir: Path, port: int) -> LocalBroker:
             "`pm broker stop` stops it"
         )
     broker = launch(port, state_dir / "broker.log")
-    info = {"pid": broker.pid, "port": broker.port, "bootstrap": broker.bootstrap, "log_file": str(broker.log_file)}
+    info = {
+        "pid": broker.pid,
+        "port": broker.port,
+        "bootstrap": broker.bootstrap,
+        "log_file": str(broker.log_file),
+    }
     (state_dir / _INFO_FILE).write_text(json.dumps(info))
     return broker
 

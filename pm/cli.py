@@ -32,8 +32,12 @@ def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("configuration (flags > PM_* environment > config file > defaults)")
     group.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (PM_BOOTSTRAP)")
-    group.add_argument("--prefix", dest="topic_prefix", default=None, help="topic name prefix (PM_TOPIC_PREFIX)")
-    group.add_argument("--state-dir", type=Path, default=None, help="RocksDB stores and ledgers (PM_STATE_DIR)")
+    group.add_argument(
+        "--prefix", dest="topic_prefix", default=None, help="topic name prefix (PM_TOPIC_PREFIX)"
+    )
+    group.add_argument(
+        "--state-dir", type=Path, default=None, help="RocksDB stores and ledgers (PM_STATE_DIR)"
+    )
     group.add_argument("--config", type=Path, default=None, help="config file (PM_CONFIG, else ./pm.yaml)")
     return common
 

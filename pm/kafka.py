@@ -89,7 +89,11 @@ def make_consumer(config: Config, role: str, group_id: str, **extra: Any) -> Con
 
 
 def make_admin(config: Config, role: str = "admin", **extra: Any) -> AdminClient:
-    settings: dict[str, Any] = {"bootstrap.servers": config.resolved_bootstrap, "client.id": f"pm-{role}", **extra}
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.resolved_bootstrap,
+        "client.id": f"pm-{role}",
+        **extra,
+    }
     settings.update({k: v for k, v in config.kafka.items() if not k.startswith(("producer.", "consumer."))})
     return AdminClient(settings)
 
@@ -99,4 +103,3 @@ def wait_for_broker(config: Config, timeout: float = 10.0) -> None:
     admin = make_admin(config, "probe", log_level=0)  # refused connects while starting are expected
     admin.list_topics(timeout=timeout)
     del admin
-

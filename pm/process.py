@@ -92,4 +92,3 @@ class ProcessDefinition(Protocol[S]):
     def decide(self, state: S, event: Event) -> Decision[S]:
         """Pure: no I/O, no clock, no randomness."""
         ...
-

@@ -32,9 +32,9 @@ from typing import Any, Literal
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, Message, Producer, TopicPartition
 
-from pm import telemetry
 from pm.approvals import ApprovalVerifier, build_decision, signing_key
-from pm.codec import CodecError, decode, encode
+from pm.client import produce_event
+from pm.codec import CodecError, decode
 from pm.config import Config
 from pm.errors import PmError
 from pm.events import ApprovalDecided, ApprovalReminder, ApprovalRequested, Draft, Event
@@ -303,17 +303,8 @@ class ReviewClient:
         def delivered(err: KafkaError | None, msg: Message) -> None:
             outcome["err"], outcome["msg"] = err, msg
 
-        with telemetry.tracer().start_as_current_span(
-            "approvals.publish", attributes=telemetry.event_attributes(event)
-        ):
-            self._producer.produce(
-                topic,
-                key=event.correlation_id.encode("utf-8"),
-                value=encode(event),
-                headers=telemetry.inject([]),
-                on_delivery=delivered,
-            )
-            remaining = self._producer.flush(self.read_timeout)
+        produce_event(self._producer, self.config, event, topic=DECISIONS_TOPIC, on_delivery=delivered)
+        remaining = self._producer.flush(self.read_timeout)
         if remaining or "msg" not in outcome:
             raise ReviewError(
                 f"decision not delivered to {topic} within {self.read_timeout:.0f}s; is the broker up?"

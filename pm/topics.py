@@ -81,7 +81,9 @@ def load_layout(path: Path | None = None) -> TopicLayout:
         raise TopicError(f"{path}: co_partitioned names unknown topics {missing}")
     counts = {topics[t].partitions for t in co}
     if len(counts) > 1:
-        raise TopicError(f"{path}: co_partitioned topics must share one partition count, found {sorted(counts)}")
+        raise TopicError(
+            f"{path}: co_partitioned topics must share one partition count, found {sorted(counts)}"
+        )
     return TopicLayout(topics=topics, co_partitioned=co)
 
 

@@ -7,6 +7,7 @@ user would (`python -m bench.chaos --quick`), and asserts exit 0.
 
 from __future__ import annotations
 
+import json
 import mailbox
 import os
 import re
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bench.chaos import EDIT_MARKER, ChaosReport, Plan, _component, check_mail, supervised
+from bench.chaos import EDIT_MARKER, ChaosReport, Plan, check_mail, component_name, diff_records, supervised
 from pm.processes.customer_email import SEND_UNCERTAIN
 
 
@@ -119,12 +120,12 @@ def test_edit_must_reach_the_customer(tmp_path: Path) -> None:
 
 def test_component_names_and_supervised_children() -> None:
     assert (
-        _component([sys.executable, "-m", "pm", "run", "consumer", "send-email", "--prefix", "p."])
+        component_name([sys.executable, "-m", "pm", "run", "consumer", "send-email", "--prefix", "p."])
         == "send-email"
     )
-    assert _component([sys.executable, "-m", "pm", "run", "pm", "--bootstrap", "b"]) == "pm"
-    assert _component([sys.executable, "-m", "pm", "run", "smtp-sink", "--port", "1"]) == "smtp-sink"
-    assert _component(["sleep", "30"]) is None
+    assert component_name([sys.executable, "-m", "pm", "run", "pm", "--bootstrap", "b"]) == "pm"
+    assert component_name([sys.executable, "-m", "pm", "run", "smtp-sink", "--port", "1"]) == "smtp-sink"
+    assert component_name(["sleep", "30"]) is None
     # Children of this process, found through /proc like the killer finds the supervisor's.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "run", "pm"])
     try:
@@ -144,25 +145,42 @@ def test_plan_sizes() -> None:
 @pytest.mark.slow
 def test_chaos_ci_run(tmp_path: Path) -> None:
     """100 e-mails, 5 SIGKILLs, every invariant: exit 0 (about a minute on 2 cores)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.chaos",
-            "--quick",
-            "--seconds",
-            "150",
-            "--workdir",
-            str(tmp_path / "chaos"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=230,
-    )
-    out = result.stdout
-    assert result.returncode == 0, f"chaos failed:\n{out[-6000:]}\n{result.stderr[-4000:]}"
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.chaos",
+        "--quick",
+        "--seconds",
+        "150",
+        "--workdir",
+        str(tmp_path / "chaos"),
+    ]
+    harness = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = harness.communicate(timeout=230)
+    except subprocess.TimeoutExpired:
+        harness.terminate()  # the harness stops its broker, supervisor and children on SIGTERM
+        out, err = harness.communicate(timeout=60)
+        pytest.fail(f"chaos harness still running after 230 s:\n{out[-6000:]}\n{err[-4000:]}")
+    assert harness.returncode == 0, f"chaos failed:\n{out[-6000:]}\n{err[-4000:]}"
     assert len(re.findall(r"kill #\d+: SIGKILL", out)) >= 5
     assert "SIGKILL pm " in out
     assert "[FAIL]" not in out
     assert out.count("[ok]") == 8
     assert '"ok": true' in out.splitlines()[-1]
+
+
+def test_store_diff_names_the_differing_fields() -> None:
+    journal = {"status": "sent", "state": {"stage": "done", "attempts": {"classify": 1}}, "journal_offset": 7}
+    assert diff_records(journal, json_copy(journal)) == []
+    store = json_copy(journal)
+    store["state"]["attempts"]["classify"] = 2
+    store["journal_offset"] = -1
+    assert [d.split(":")[0] for d in diff_records(journal, store)] == [
+        "journal_offset",
+        "state.attempts.classify",
+    ]
+
+
+def json_copy(value: Any) -> Any:
+    return json.loads(json.dumps(value))

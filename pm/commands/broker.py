@@ -16,14 +16,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     start = actions.add_parser("start", parents=[common], help="start it in the background")
     start.add_argument("--port", type=int, default=DEFAULT_PORT)
     start.set_defaults(handler=_start)
-    actions.add_parser("stop", parents=[common], help="stop the broker `start` recorded").set_defaults(handler=_stop)
-    actions.add_parser("status", parents=[common], help="is it running, and where").set_defaults(handler=_status)
+    actions.add_parser("stop", parents=[common], help="stop the broker `start` recorded").set_defaults(
+        handler=_stop
+    )
+    actions.add_parser("status", parents=[common], help="is it running, and where").set_defaults(
+        handler=_status
+    )
 
 
 def _start(args: argparse.Namespace, config: Config) -> int:
     config.state_dir.mkdir(parents=True, exist_ok=True)
     broker = start_broker(config.state_dir, args.port)
-    print(f"broker started: pid {broker.pid}, bootstrap {broker.bootstrap} (memory only; log {broker.log_file})")
+    print(
+        f"broker started: pid {broker.pid}, bootstrap {broker.bootstrap} (memory only; log {broker.log_file})"
+    )
     print(broker.bootstrap)
     return 0
 

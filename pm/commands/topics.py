@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         ("list", _list, "print the layout with physical names"),
     ):
         sub = actions.add_parser(name, parents=[common], help=text)
-        sub.add_argument("--file", type=Path, default=None, help="topics file (default: the repo's topics.yaml)")
+        sub.add_argument(
+            "--file", type=Path, default=None, help="topics file (default: the repo's topics.yaml)"
+        )
         sub.set_defaults(handler=handler)
 
 
@@ -50,5 +52,7 @@ def _list(args: argparse.Namespace, config: Config) -> int:
     layout = load_layout(args.file)
     for spec in layout.topics.values():
         settings = " ".join(f"{k}={v}" for k, v in spec.config.items())
-        print(f"{config.topic(spec.name):40} partitions={spec.partitions} rf={spec.replication_factor} {settings}")
+        print(
+            f"{config.topic(spec.name):40} partitions={spec.partitions} rf={spec.replication_factor} {settings}"
+        )
     return 0
