@@ -330,7 +330,17 @@ class StepConsumer:
             if work.result is None:
                 self.stats["abandoned"] += 1
             else:
-                encoded = encode(work.result)
+                try:
+                    encoded = encode(work.result)
+                except CodecError as exc:  # a handler built a result the schema cannot carry: report it
+                    work.result = failed_result(
+                        work.command,
+                        self.step,
+                        self.clock(),
+                        reason=f"result not encodable: {exc}",
+                        retryable=False,
+                    )
+                    encoded = encode(work.result)
                 self._ledger.complete(command_id, encoded)
                 self.stats["handled"] += 1
                 key = work.command.correlation_id.encode()
@@ -424,7 +434,10 @@ class StepConsumer:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self._paused = False  # a fresh assignment starts unpaused; _flow_control re-pauses when full
+        # librdkafka keeps an application pause across revoke/assign: a partition paused while we were
+        # full would stay paused for good. Start every assignment unpaused; _flow_control re-pauses.
+        consumer.resume(partitions)
+        self._paused = False
         log.info("step %s: assigned %s", self.step.value, [p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -92,6 +92,9 @@ def utc_ms(value: datetime) -> datetime:
 
 Timestamp = Annotated[datetime, AfterValidator(utc_ms)]
 
+# Money amounts a model may claim are bounded well inside Avro's long, so absurd values fail validation.
+MAX_CENTS = 10**12
+
 # Namespace for every ID the PM derives (command IDs, event IDs): uuid5 keeps them deterministic.
 _ID_NAMESPACE = uuid.UUID("6f1c2a4e-8d0b-5b7e-9a51-3c2f0e6d4b19")
 
@@ -184,7 +187,9 @@ class Draft(Model):
     subject: str
     body: str
     order_id: str | None = None  # the order the reply quotes
-    refund_cents: int = 0  # refund the reply offers
+    refund_cents: int = Field(
+        default=0, ge=0, le=MAX_CENTS
+    )  # refund the reply offers (model output: bound it)
     promises: list[str] = Field(default_factory=list)  # promise codes the reply makes
 
 

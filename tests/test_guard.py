@@ -174,3 +174,27 @@ def test_customer_helpers() -> None:
     assert addresses("Jane <Jane@Example.com>, bob@x.org") == {"jane@example.com", "bob@x.org"}
     assert order_belongs_to(ORDER, EMAIL)
     assert not order_belongs_to(ORDER.model_copy(update={"customer_email": "bob@x.org"}), EMAIL)
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "We will refund you $500 right away.",
+        "You get 12.50 USD back.",
+        "A credit of EUR 20 is on its way.",
+        "We send you 30 dollars.",
+    ],
+)
+def test_body_offering_money_the_claims_do_not_declare_is_a_violation(sentence: str) -> None:
+    draft = _undeclared_money_draft(sentence)
+    assert any("money amount" in v for v in check_draft(draft, order=ORDER, policy=POLICY))
+
+
+def test_body_without_amounts_and_no_refund_passes_that_rule() -> None:
+    draft = _undeclared_money_draft("Your parcel is on its way; order 12 days ago is fine.")
+    assert not any("money amount" in v for v in check_draft(draft, order=ORDER, policy=POLICY))
+
+
+def _undeclared_money_draft(sentence: str) -> Draft:
+    body = f"Hello Jane, about order ORD-1001: {sentence} Thank you for your patience with us."
+    return PASSING.model_copy(update={"body": body, "refund_cents": 0, "promises": []})

@@ -44,6 +44,11 @@ REFUND_PROMISES = frozenset(
     {"refund", "refund_partial", "partial_refund", "full_refund", SHIPPING_REFUND_PROMISE}
 )
 
+# A money amount in prose: "$12", "12.50 USD", "EUR 8,99", "£5" (currency sign or ISO code next to a number).
+_MONEY_RE = re.compile(
+    r"([$€£]\s?\d)|(\b(USD|EUR|GBP|CAD|AUD)\s?\d)|(\d(?:[\d,.]*\d)?\s?(USD|EUR|GBP|CAD|AUD|dollars?|euros?)\b)",
+    re.IGNORECASE,
+)
 _EMAIL_RE = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # "order 12345", "order #A-991", "order number: X1234" -> the token after the word order
 # (4+ characters with a digit, so "order 12 days ago" is not mistaken for an order ID).
@@ -165,6 +170,13 @@ def check_draft(
                 f"{what} of {draft.refund_cents} cents exceeds the {allowed} cents policy "
                 f"{policy.version} allows for order {order.order_id}"
             )
+
+    # The text may not offer money the structured claims do not declare (the rules above only see claims).
+    if draft.refund_cents == 0 and _MONEY_RE.search(body):
+        violations.append(
+            "body states a money amount but the draft declares no refund (refund_cents is 0): "
+            "declare the refund or remove the amount"
+        )
 
     # No other customer's data: no foreign e-mail addresses, no other order IDs.
     own = addresses(order.customer_email)
