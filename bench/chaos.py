@@ -48,7 +48,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -59,24 +58,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, TopicPartition
-
 from bench.common import Result
 from bench.common import report as print_report
 from pm.approvals import build_decision, ensure_local_key, signing_key
 from pm.broker import LocalBroker, free_port, launch
 from pm.client import EmailPublisher
-from pm.codec import CodecError, decode
 from pm.config import Config
 from pm.errors import PmError
-from pm.events import JournalEntry
+from pm.harness import JournalTail, workspace
 from pm.journal import ProcessRecord, fold_entry, iter_journal
-from pm.kafka import make_consumer
 from pm.processes.customer_email import SEND_UNCERTAIN
 from pm.replay import deployed_registry, verify_all
 from pm.review import ReviewClient
 from pm.store import PartitionStore, list_store_paths
-from pm.topics import apply_topics, load_layout
+from pm.topics import apply_topics
 
 __all__ = [
     "Plan",
@@ -187,31 +182,21 @@ def _verdict(seed: int, correlation_id: str) -> Verdict:
 # ---------------------------------------------------------------- watching the journal
 
 
-class JournalTail:
-    """Latest recorded status per process, from `pm.journal` (read_committed; aborted copies repeat it)."""
+class JournalStatus:
+    """Latest recorded status per process, from `pm.journal` (an aborted copy repeats the same status)."""
 
     def __init__(self, config: Config) -> None:
-        topic = config.topic("pm.journal")
-        partitions = load_layout().spec("pm.journal").partitions
         self.status: dict[str, str] = {}
         self.entries = 0
-        self._consumer: Consumer = make_consumer(config, "chaos-watch", f"{config.topic_prefix}chaos-watch")
-        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self._tail = JournalTail(config, "chaos-watch", decode_inputs=False)
 
     def poll(self, timeout: float) -> None:
-        for msg in self._consumer.consume(1000, timeout=timeout):
-            if msg.error() is not None:
-                continue
-            try:
-                entry = decode(msg.value() or b"")
-            except CodecError:
-                continue
-            if isinstance(entry, JournalEntry):
-                self.entries += 1
-                self.status[entry.correlation_id] = entry.payload.status
+        for row in self._tail.poll(timeout, max_records=1000):
+            self.entries += 1
+            self.status[row.correlation_id] = row.status
 
     def close(self) -> None:
-        self._consumer.close()
+        self._tail.close()
 
 
 # ---------------------------------------------------------------- the reviewer
@@ -556,16 +541,6 @@ def check_replay(config: Config, report: ChaosReport) -> None:
 # ---------------------------------------------------------------- running it
 
 
-@contextlib.contextmanager
-def _workspace(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="pm-chaos-") as tmp:
-        yield Path(tmp)
-
-
 def _stop(proc: subprocess.Popen[bytes], children: dict[str, int], grace: float) -> bool:
     """SIGTERM the supervisor (it stops its children); SIGKILL it and them by PID if that takes too long."""
     if proc.poll() is None:
@@ -610,10 +585,10 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
         f"(rerun with --seed {plan.seed})",
         flush=True,
     )
-    with _workspace(workdir) as work:
+    with workspace(workdir, "pm-chaos-") as work:
         broker: LocalBroker | None = None
         supervisor: subprocess.Popen[bytes] | None = None
-        tail: JournalTail | None = None
+        tail: JournalStatus | None = None
         reviewer: Reviewer | None = None
         publisher: EmailPublisher | None = None
         last_children: dict[str, int] = {}
@@ -667,7 +642,7 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
                 batch.append(_email(plan, i, kind, sender, order_id))
                 kinds[batch[-1]["message_id"]] = kind
             publisher = EmailPublisher(config)
-            tail = JournalTail(config)
+            tail = JournalStatus(config)
             reviewer = Reviewer(config, plan.seed)
             killer = Killer(plan, rng)
             print(f"kill plan: {', '.join(killer.targets) or 'none'}")

@@ -17,11 +17,15 @@ N e-mails are published and the journal is tailed until every process is termina
   (input produced -> consumed, decided, journaled and committed by the PM)
 
 Sizes: N = 2,000 and 20,000 (quick: 200), each at 0 ms and 50 ms LLM latency.
-On this 2-core machine the 20,000 runs take several minutes each (see RESULTS.md).
+On this 2-core machine the pipeline runs at ~8 processes/s (the step consumers' pause/resume
+flow control, see RESULTS.md), so a 20,000 run would take ~40 minutes per latency: it was not
+run; `run(False, sizes=(20_000,))` does it.
 """
 
 from __future__ import annotations
 
+import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -31,7 +35,7 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from bench.cluster import Child, JournalTail, child_env, percentile, pm_argv
+from bench.cluster import percentile
 from bench.common import Result, bench_broker, report
 from bench.scenario import Scenario
 from pm.approvals import build_decision, ensure_local_key, signing_key
@@ -40,6 +44,7 @@ from pm.client import EmailPublisher
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.events import ApprovalRequested
+from pm.harness import Child, JournalTail, child_env, pm_argv
 from pm.kafka import make_consumer, make_producer
 from pm.topics import load_layout
 
@@ -182,7 +187,7 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
     children, _env = _start_cluster(config, work, llm_latency_ms)
     reviewer = ScriptedReviewer(config)
     reviewer.start()
-    tail = JournalTail(config)
+    tail = JournalTail(config, "bench-e2e-watch")
     publisher = EmailPublisher(config)
     scenario = Scenario(config, uuid.uuid4().hex[:6])
     status: dict[str, str] = {}
@@ -259,6 +264,10 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
         publisher.flush(10)
         for child in reversed(children):
             child.stop()
+        if sys.exc_info()[0] is None:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"e2e: logs kept in {work / 'logs'}", file=sys.stderr)
 
 
 def _check(children: list[Child], reviewer: ScriptedReviewer, deadline: float, what: str) -> None:

@@ -10,9 +10,9 @@ RSS again. The figure is that steady-state RSS.
 
 `baseline`: the RSS of the same PM, after a probe, on an empty journal.
 
-Sizes: N = 1,000,000 processes (quick: 50,000). On this 2-core machine generating and
-folding the 2,000,000 entries of the full size takes well over 10 minutes; RESULTS.md
-records the largest size run.
+Sizes: N = 1,000,000 processes (quick: 50,000). On this 2-core machine the full size takes
+~12 minutes (generating and folding 2,000,000 entries); RESULTS.md has the figures
+at 50k, 200k and 1M.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.cluster import Child, JournalTail, child_env, pm_argv, rss_kib
+from bench.cluster import rss_kib
 from bench.common import Result, bench_broker, report
 from bench.recovery import time_to_first_decision
 from bench.scenario import JournalWriter, Scenario
+from pm.harness import Child, JournalTail, child_env, pm_argv
 from pm.store import store_root
 
 __all__ = ["run"]
@@ -44,7 +45,7 @@ def run(quick: bool, *, processes: int | None = None) -> Result:
         env = child_env(config)
         scenario = Scenario(config, uuid.uuid4().hex[:6])
         argv = pm_argv("run", "pm")
-        tail = JournalTail(config, decode_inputs=False)
+        tail = JournalTail(config, "bench-memory-watch", decode_inputs=False)
 
         def measured(name: str, probe: int) -> tuple[float, int, int]:
             child = Child(name, argv, work / f"{name}.log")

@@ -24,11 +24,11 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.cluster import Child, JournalTail, child_env, pm_argv
 from bench.common import Result, bench_broker, report
 from bench.scenario import Scenario, produce_all
 from pm.client import EmailPublisher
 from pm.config import Config
+from pm.harness import Child, JournalTail, child_env, pm_argv
 from pm.store import store_root
 
 __all__ = ["run", "time_to_first_decision"]
@@ -67,7 +67,7 @@ def run(quick: bool, *, processes: int | None = None) -> Result:
         env = child_env(config)
         scenario = Scenario(config, uuid.uuid4().hex[:6])
         argv = pm_argv("run", "pm", "--max-active", str(n * 2 + 10))
-        tail = JournalTail(config, decode_inputs=False)
+        tail = JournalTail(config, "bench-recovery-watch", decode_inputs=False)
         children: list[Child] = []
 
         def pm_child(name: str) -> Child:

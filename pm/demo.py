@@ -7,32 +7,26 @@ fails, so it doubles as a smoke test.
 
 from __future__ import annotations
 
-import contextlib
 import mailbox
 import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from confluent_kafka import TopicPartition
-
 from pm.approvals import ensure_local_key
 from pm.broker import LocalBroker, free_port, launch
 from pm.client import EmailPublisher
-from pm.codec import CodecError, decode
 from pm.config import Config
 from pm.errors import PmError
-from pm.events import JournalEntry
-from pm.kafka import make_consumer
+from pm.harness import Child, JournalRow, JournalTail, child_env, pm_argv, workspace
 from pm.replay import inspect_process
 from pm.review import ReviewClient
-from pm.topics import apply_topics, load_layout
+from pm.topics import apply_topics
 
 __all__ = ["run_demo", "DemoFailed"]
 
@@ -43,30 +37,6 @@ WAIT_SECONDS = 60.0
 
 class DemoFailed(PmError):
     """An expectation of the demo did not hold."""
-
-
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, env: dict[str, str]) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
-            )
-
-    def kill(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 @dataclass
@@ -86,32 +56,21 @@ class JournalWatcher:
         self._config = config
         self._labels = labels
         self.progress = Progress()
-        topic = config.topic("pm.journal")
-        partitions = load_layout().spec("pm.journal").partitions
-        self._consumer = make_consumer(config, "demo-watch", "pm-demo-watch")
-        self._consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        self._tail = JournalTail(config, "demo-watch")
 
     def poll(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            for msg in self._consumer.consume(100, timeout=0.1):
-                if msg.error() is not None:
-                    continue
-                try:
-                    entry = decode(msg.value() or b"")
-                    assert isinstance(entry, JournalEntry)
-                    inner = decode(entry.payload.event)
-                except (CodecError, AssertionError):
-                    continue
-                self._show(entry, inner.type, inner.event_id)
+            for row in self._tail.poll(0.1, max_records=100):
+                self._show(row)
 
-    def _show(self, entry: JournalEntry, input_type: str, input_id: str) -> None:
-        cid = entry.correlation_id
+    def _show(self, row: JournalRow) -> None:
+        entry, cid = row.entry, row.correlation_id
         p = self.progress
         p.started.setdefault(cid, time.monotonic())
-        p.inputs.setdefault(cid, []).append(input_id)
-        p.status[cid] = entry.payload.status
-        steps = [decode(c).topic.removeprefix("cmd.") for c in entry.payload.commands]
+        p.inputs.setdefault(cid, []).append(row.input.event_id if row.input is not None else "")
+        p.status[cid] = row.status
+        steps = row.command_steps()
         if steps:
             p.last_step[cid] = ", ".join(steps)
         elapsed = time.monotonic() - p.started[cid]
@@ -122,7 +81,7 @@ class JournalWatcher:
         )
         nxt = f" -> {', '.join(steps)}" if steps else ""
         label = self._labels.get(cid, cid)
-        print(f"  {elapsed:6.2f}s  {label:<12} {input_type:<20} status={entry.payload.status}{nxt}{outcome}")
+        print(f"  {elapsed:6.2f}s  {label:<12} {row.input_type:<20} status={row.status}{nxt}{outcome}")
 
     def wait_for(self, what: str, check: Callable[[Progress], bool], timeout: float = WAIT_SECONDS) -> None:
         deadline = time.monotonic() + timeout
@@ -135,7 +94,7 @@ class JournalWatcher:
             self.poll(0.2)
 
     def close(self) -> None:
-        self._consumer.close()
+        self._tail.close()
 
 
 def _email(
@@ -158,27 +117,13 @@ def _delivered(maildir: Path) -> list[mailbox.MaildirMessage]:
     return list(mailbox.Maildir(maildir, create=False))
 
 
-def _pm(*args: str) -> list[str]:
-    return [sys.executable, "-m", "pm", *args]
-
-
 def _step(title: str) -> None:
     print(f"\n== {title}")
 
 
-@contextlib.contextmanager
-def _workspace(keep: Path | None) -> Iterator[Path]:
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        yield keep
-        return
-    with tempfile.TemporaryDirectory(prefix="pm-demo-") as tmp:
-        yield Path(tmp)
-
-
 def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = None) -> int:
     """Run the whole demo; return 0 when every expectation held."""
-    with _workspace(workdir) as work:
+    with workspace(workdir, "pm-demo-") as work:
         children: list[Child] = []
         broker: LocalBroker | None = None
         watcher: JournalWatcher | None = None
@@ -200,17 +145,7 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             apply_topics(config)
             print(f"topics applied from topics.yaml (prefix {config.topic_prefix!r})")
             maildir = work / "maildir"
-            env = {
-                **os.environ,
-                "PM_BOOTSTRAP": broker.bootstrap,
-                "PM_STATE_DIR": str(config.state_dir),
-                "PM_TOPIC_PREFIX": config.topic_prefix,
-                "PM_ORDER_SERVICE_URL": config.order_service_url,
-                "PM_SMTP_HOST": "127.0.0.1",
-                "PM_SMTP_PORT": str(smtp_port),
-                "PM_FETCH_WAIT_MAX_MS": "20",
-                "PM_REVIEWERS": ",".join(config.reviewers or ("demo-reviewer",)),
-            }
+            env = child_env(config, PM_REVIEWERS=",".join(config.reviewers or ("demo-reviewer",)))
             llm = "OpenAI-compatible endpoint " + config.llm_base_url if config.llm_base_url else "offline"
             print(f"LLM provider: {llm}")
             logs = work / "logs"
@@ -218,17 +153,17 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             services = [
                 Child(
                     "order-service",
-                    _pm("run", "order-service", "--port", str(order_port)),
+                    pm_argv("run", "order-service", "--port", str(order_port)),
                     logs / "order.log",
                 ),
                 Child(
                     "smtp-sink",
-                    _pm("run", "smtp-sink", "--port", str(smtp_port), "--maildir", str(maildir)),
+                    pm_argv("run", "smtp-sink", "--port", str(smtp_port), "--maildir", str(maildir)),
                     logs / "smtp.log",
                 ),
-                Child("pm", _pm("run", "pm"), logs / "pm.log"),
+                Child("pm", pm_argv("run", "pm"), logs / "pm.log"),
                 *(
-                    Child(step, _pm("run", "consumer", step), logs / f"{step}.log")
+                    Child(step, pm_argv("run", "consumer", step), logs / f"{step}.log")
                     for step in (
                         "classify",
                         "fetch-order",
@@ -370,9 +305,9 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
                 "--state-dir",
                 str(config.state_dir),
             ]
-            subprocess.run(_pm("inspect", refund_id, *flags), check=True, env=env)
+            subprocess.run(pm_argv("inspect", refund_id, *flags), check=True, env=env)
             _step("   pm replay --all --verify")
-            verify = subprocess.run(_pm("replay", "--all", "--verify", *flags), env=env)
+            verify = subprocess.run(pm_argv("replay", "--all", "--verify", *flags), env=env)
             if verify.returncode != 0:
                 raise DemoFailed("pm replay --all --verify found differences")
 
@@ -394,7 +329,7 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             if review is not None:
                 review.close()
             for child in reversed(children):
-                child.kill()
+                child.stop()
             if broker is not None:
                 broker.stop()
             print(f"stopped {len(children)} processes and the broker")
