@@ -27,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from consumers.offline import OFFLINE_MODEL, offline_classification, offline_draft
 from consumers.rate_limit import RateLimiter
-from consumers.step import PermanentError, TransientError, result_event
+from consumers.step import PermanentError, TransientError, failed_result
 from pm import telemetry
 from pm.config import Config
 from pm.events import (
@@ -37,7 +37,6 @@ from pm.events import (
     LlmCall,
     Step,
     StepFailed,
-    StepFailedPayload,
 )
 
 __all__ = [
@@ -309,18 +308,12 @@ def call_llm(provider: LlmProvider, limiter: RateLimiter | None, request: LlmReq
 
 def invalid_output_result(command: Event, step: Step, now: datetime, outcome: LlmOutcome[Any]) -> StepFailed:
     """A non-retryable failed result that carries the validation errors and the call record."""
-    payload = command.payload
-    return result_event(
+    return failed_result(
         command,
-        StepFailed,
-        StepFailedPayload(
-            command_id=payload.command_id,
-            attempt=payload.attempt,
-            step=step.value,
-            retryable=False,
-            reason=INVALID_OUTPUT_REASON,
-            errors=outcome.errors,
-            llm=outcome.call,
-        ),
+        step,
         now,
+        reason=INVALID_OUTPUT_REASON,
+        retryable=False,
+        errors=outcome.errors,
+        llm=outcome.call,
     )

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from pm.errors import PmError
-from pm.events import Event, ResultPayload, Step, StepFailed, StepFailedPayload, derive_id
+from pm.events import Event, LlmCall, ResultPayload, Step, StepFailed, StepFailedPayload, derive_id
 
 __all__ = ["StepHandler", "TransientError", "PermanentError", "result_event", "failed_result"]
 
@@ -57,7 +57,9 @@ def failed_result(
     retryable: bool,
     errors: list[str] | None = None,
     uncertain: bool = False,
+    llm: LlmCall | None = None,
 ) -> StepFailed:
+    """The failed result of `command`; `llm` records the model call when the model's output was the problem."""
     payload = command.payload
     return result_event(
         command,
@@ -70,6 +72,7 @@ def failed_result(
             uncertain=uncertain,
             reason=reason,
             errors=errors or [],
+            llm=llm,
         ),
         now,
     )
