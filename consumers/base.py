@@ -15,8 +15,15 @@ seconds. Per record:
 
 Offsets are committed per partition up to the first record that is not done, so a slow
 command never blocks other correlation IDs and a crash never skips an unfinished one
-(redelivery is safe: the ledger answers). When `concurrency` commands are in flight the
-assigned partitions are paused, and resumed when a slot frees.
+(redelivery is safe: the ledger answers).
+
+Backpressure: at most `concurrency` handlers run; up to `max_buffered` more commands wait
+locally (default `max(4 * concurrency, 64)`). When that buffer is full the assigned partitions
+are paused, and resumed once half of it has drained - not at every freed slot, because a
+pause/resume cycle is expensive: librdkafka drops the prefetched records on pause, and on
+resume its fetcher thread, which sleeps up to 1 s while it has nothing to fetch, is not woken
+(the fetch state stays "active"). `_resume` therefore seeks every resumed partition to its
+position: a no-op for the offsets, but a fetch-state change, which wakes the fetcher at once.
 """
 
 from __future__ import annotations
@@ -155,13 +162,18 @@ class StepConsumer:
         poll_timeout: float = 0.05,
         clock: Callable[[], datetime] = _now,
         rng: random.Random | None = None,
+        max_buffered: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if max_buffered is not None and max_buffered < 1:
+            raise ValueError("max_buffered must be at least 1")
         self.config = config
         self.handler = handler
         self.step = Step(handler.step)
         self.concurrency = concurrency
+        # Commands polled but not started; together with the running ones, what pauses the partitions.
+        self.max_buffered = max_buffered if max_buffered is not None else max(4 * concurrency, 64)
         self.retry = retry or RetryPolicy()
         self.stop_grace = stop_grace
         self.poll_timeout = poll_timeout
@@ -183,7 +195,7 @@ class StepConsumer:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._ledger: Ledger | None = None
-        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0}
+        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -211,8 +223,14 @@ class StepConsumer:
             )
             log.info("step %s: consuming %s as group %s", self.step.value, self.topic, self.group_id)
             while not self._stop.is_set():
-                self._service()
-                msg = self._consumer.poll(self.poll_timeout)
+                if self._paused:
+                    # Nothing to fetch: wait for a finished command (the next resume), not for a record;
+                    # poll(0) still serves rebalances and errors.
+                    self._service(wait=self.poll_timeout)
+                    msg = self._consumer.poll(0)
+                else:
+                    self._service()
+                    msg = self._consumer.poll(self.poll_timeout)
                 if msg is None:
                     continue
                 error = msg.error()
@@ -356,15 +374,33 @@ class StepConsumer:
         self._flow_control()
 
     def _flow_control(self) -> None:
+        """Pause when `max_buffered` commands wait besides the running ones; resume when half of them left."""
         if self._consumer is None or self._stopping.is_set():
             return
-        full = len(self._inflight) >= self.concurrency
-        if full and not self._paused:
+        inflight = len(self._inflight)  # running (at most `concurrency`) and waiting
+        if not self._paused and inflight >= self.concurrency + self.max_buffered:
             self._consumer.pause(self._consumer.assignment())
             self._paused = True
-        elif not full and self._paused:
-            self._consumer.resume(self._consumer.assignment())
+            self.stats["pauses"] += 1
+        elif self._paused and inflight <= self.concurrency + self.max_buffered // 2:
+            self._resume()
             self._paused = False
+
+    def _resume(self) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        self._consumer.resume(assignment)
+        # librdkafka does not wake its fetcher on resume: it would sleep on up to 1 s before fetching.
+        # A seek to the position it resumes from anyway changes the fetch state, which wakes the
+        # partition's broker thread (and on Kafka validates the position with the leader epoch, as any
+        # seek does). Partitions with no position yet (nothing consumed) are left alone: the wake-up of
+        # their broker thread by the others' seeks, or at worst its 1 s timer, restarts them.
+        try:
+            for tp in self._consumer.position(assignment):
+                if tp.offset >= 0:
+                    self._consumer.seek(tp)
+        except KafkaException as exc:  # e.g. a rebalance meanwhile: fetching still resumes, only later
+            log.debug("step %s: seek after resume failed: %s", self.step.value, exc)
 
     def _publish(
         self, topic: str, key: bytes, value: bytes, headers: Headers, refs: list[tuple[TP, int]]

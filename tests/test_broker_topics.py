@@ -15,7 +15,13 @@ from pm.topics import apply_topics, check_topics, load_layout
 
 def test_layout_co_partitions_pm_inputs_and_journal() -> None:
     layout = load_layout()
-    assert set(layout.co_partitioned) == {"email.received", "approvals", "step.results", "pm.timers", "pm.journal"}
+    assert set(layout.co_partitioned) == {
+        "email.received",
+        "approvals",
+        "step.results",
+        "pm.timers",
+        "pm.journal",
+    }
     assert {layout.spec(t).partitions for t in layout.co_partitioned} == {6}
     assert layout.spec("pm.journal").config["retention.ms"] == "-1"
 

@@ -163,6 +163,74 @@ def test_concurrency_cap_and_no_head_of_line_blocking(topics: Config) -> None:
     assert handler.max_in_flight == 3
 
 
+def test_full_buffer_pauses_and_stays_bounded(topics: Config) -> None:
+    release = threading.Event()
+
+    def stuck(command: Event, call: int) -> None:
+        release.wait(20)
+
+    handler = Scripted(stuck)
+    reader = Reader(topics)
+    consumer = StepConsumer(topics, handler, concurrency=2, max_buffered=3)
+    commands = [fetch_order(f"b{i}") for i in range(12)]
+    with running(consumer):
+        produce(topics, *commands)
+        deadline = time.monotonic() + 15
+        while (consumer.stats["pauses"] < 1 or handler.in_flight < 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert consumer.stats["pauses"] == 1 and handler.in_flight == 2
+        # Paused: nothing more is taken in while the handlers are stuck (2 running + 3 waiting).
+        most = 0
+        for _ in range(25):
+            most = max(most, len(consumer._inflight))
+            time.sleep(0.02)
+        assert most == 5 and handler.in_flight == 2
+        release.set()
+        results = reader.take(len(commands))
+    assert {r.causation_id for r in results} == {c.event_id for c in commands}
+    assert handler.max_in_flight == 2
+
+
+def test_short_handler_not_throttled_by_pause_resume(topics: Config) -> None:
+    # A pause/resume cycle used to cost ~1 s (librdkafka's fetcher was not woken on resume): with a
+    # small buffer that throttled a 5 ms handler to a few commands per second.
+    handler = Scripted(lambda command, call: time.sleep(0.005))
+    reader = Reader(topics)
+    consumer = StepConsumer(topics, handler, concurrency=4, max_buffered=4)
+    commands = [fetch_order(f"t{i}") for i in range(200)]
+    produce(topics, *commands)
+    with running(consumer):
+        start = time.monotonic()
+        results = reader.take(len(commands), timeout=60)
+        elapsed = time.monotonic() - start
+    assert len({r.causation_id for r in results}) == len(commands)
+    assert consumer.stats["pauses"] >= 1 and handler.max_in_flight <= 4
+    assert elapsed < 10, f"200 commands took {elapsed:.1f} s"
+
+
+def test_resumed_partitions_are_fetched_at_once(topics: Config) -> None:
+    # One running, one waiting: every completion resumes, and the next record must arrive while the
+    # waiting command runs (0.3 s). Without the seek in `_resume` the fetcher slept on (gaps ~0.3-0.7 s).
+    starts: list[float] = []
+    ends: list[float] = []
+
+    def slow(command: Event, call: int) -> None:
+        starts.append(time.monotonic())
+        time.sleep(0.3)
+        ends.append(time.monotonic())
+
+    handler = Scripted(slow)
+    reader = Reader(topics)
+    consumer = StepConsumer(topics, handler, concurrency=1, max_buffered=1)
+    commands = [fetch_order(f"r{i}") for i in range(6)]
+    produce(topics, *commands)
+    with running(consumer):
+        reader.take(len(commands))
+    gaps = [start - end for start, end in zip(starts[1:], ends, strict=False)]
+    assert consumer.stats["pauses"] >= 2
+    assert max(gaps) < 0.15, f"idle gaps between commands: {gaps}"
+
+
 def _partition_of(reader: Reader, corr: str) -> int:
     # Results share the key with their command, and both topics have 6 partitions (murmur2).
     return next(m.partition() for m in reader.raw if m.key() == corr.encode())
