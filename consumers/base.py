@@ -361,6 +361,11 @@ class StepConsumer:
                     encoded = encode(work.result)
                 self._ledger.complete(command_id, encoded)
                 self.stats["handled"] += 1
+                # Issued (the command's occurred_at, from the PM) to answered, queueing in cmd.<step> included.
+                telemetry.command_round_trip().record(
+                    max(0.0, (work.result.occurred_at - work.command.occurred_at).total_seconds()),
+                    {"pm.step": self.step.value},
+                )
                 key = work.command.correlation_id.encode()
                 self._publish(self.results_topic, key, encoded, work.result_headers, work.refs)
             try:

@@ -326,6 +326,7 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
                 watcher.close()
             if publisher is not None:
                 publisher.close()
+                publisher = None  # drops the producer now, before the broker goes (no reconnect noise)
             if review is not None:
                 review.close()
             for child in reversed(children):

@@ -371,7 +371,7 @@ def waiting_processes() -> UpDownCounter:
 
 
 def command_round_trip() -> Histogram:
-    """Seconds from a command's `occurred_at` to its result reaching the PM; attribute: pm.step."""
+    """Seconds from a command's `occurred_at` (issued by the PM) to its result (step consumers record it); attribute: pm.step."""
     return _instrument("pm.command.round_trip", "create_histogram", "s", "Command to result round-trip time")
 
 
