@@ -29,6 +29,7 @@ skips inputs already applied, so the result is the same.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import sys
 import threading
@@ -246,6 +247,9 @@ class ProcessManager:
                 # Catch-up (a full rebuild, on a new store) runs inside the assignment callback, without
                 # polling; give it time before the group decides this member is stuck.
                 "max.poll.interval.ms": 1_800_000,
+                # librdkafka's own statistics carry the per-partition lag (see _on_stats).
+                "statistics.interval.ms": 15_000,
+                "stats_cb": self._on_stats,
             },
         )
         self.consumer.subscribe(
@@ -916,6 +920,25 @@ class ProcessManager:
                 **telemetry.record_attributes(topic, partition, offset),
             },
         )
+
+    def _on_stats(self, stats_json: str) -> None:
+        """Consumer lag per input partition, from librdkafka's statistics (wrong on Tansu: tansu.md)."""
+        try:
+            stats = json.loads(stats_json)
+        except ValueError:
+            return
+        gauge = telemetry.consumer_lag()
+        for physical, topic in stats.get("topics", {}).items():
+            for partition, info in topic.get("partitions", {}).items():
+                lag = info.get("consumer_lag", -1)
+                if partition != "-1" and isinstance(lag, int) and lag >= 0:
+                    gauge.set(
+                        lag,
+                        {
+                            "messaging.destination.name": self.config.logical_topic(physical),
+                            "messaging.destination.partition.id": partition,
+                        },
+                    )
 
     def _trace_headers(self) -> telemetry.Headers:
         return telemetry.inject([])
