@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -910,16 +910,26 @@ class ProcessManager:
 
     # ------------------------------------------------------------ telemetry
 
-    def _span(self, message: Message, event: Event, topic: str, partition: int, offset: int) -> Any:
-        """The span of one input's handling: child of the producer's context carried in the headers."""
-        return telemetry.tracer().start_as_current_span(
-            f"pm.handle {event.type}",
-            context=telemetry.extract(message.headers()),
-            attributes={
-                **telemetry.event_attributes(event),
-                **telemetry.record_attributes(topic, partition, offset),
-            },
-        )
+    @contextlib.contextmanager
+    def _span(
+        self, message: Message, event: Event, topic: str, partition: int, offset: int
+    ) -> Iterator[None]:
+        """The span of one input's handling: child of the producer's context carried in the headers.
+
+        Attributes are built only for a recording span: with no exporter configured they would
+        cost ~8 % of the PM's CPU (redaction runs over every string).
+        """
+        with telemetry.tracer().start_as_current_span(
+            f"pm.handle {event.type}", context=telemetry.extract(message.headers())
+        ) as span:
+            if span.is_recording():
+                span.set_attributes(
+                    {
+                        **telemetry.event_attributes(event),
+                        **telemetry.record_attributes(topic, partition, offset),
+                    }
+                )
+            yield
 
     def _on_stats(self, stats_json: str) -> None:
         """Consumer lag per input partition, from librdkafka's statistics (wrong on Tansu: tansu.md)."""
