@@ -17,9 +17,11 @@ N e-mails are published and the journal is tailed until every process is termina
   (input produced -> consumed, decided, journaled and committed by the PM)
 
 Sizes: N = 2,000 and 20,000 (quick: 200), each at 0 ms and 50 ms LLM latency.
-On this 2-core machine the pipeline runs at ~8 processes/s (the step consumers' pause/resume
-flow control, see RESULTS.md), so a 20,000 run would take ~40 minutes per latency: it was not
-run; `run(False, sizes=(20_000,))` does it.
+On this 2-core machine the pipeline runs at ~45-55 processes/s (2,000: ~1 minute per latency,
+all sent) and ~37-49/s at 20,000 (~7-9 minutes per latency; that burst escalates about a third
+on step timers, see RESULTS.md), limited by the cores the broker, the PM
+and the consumers share, not by the LLM latency (see RESULTS.md; before the step consumers'
+flow-control fix it was ~8/s). `run(False, sizes=(20_000,))` runs only the 20,000 size.
 """
 
 from __future__ import annotations
