@@ -8,6 +8,7 @@ proves the two agree.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -97,11 +98,20 @@ MAX_CENTS = 10**12
 
 # Namespace for every ID the PM derives (command IDs, event IDs): uuid5 keeps them deterministic.
 _ID_NAMESPACE = uuid.UUID("6f1c2a4e-8d0b-5b7e-9a51-3c2f0e6d4b19")
+_ID_NAMESPACE_BYTES = _ID_NAMESPACE.bytes
 
 
 def derive_id(*parts: object) -> str:
-    """A deterministic ID from its parts; same parts, same ID, on every replay."""
-    return str(uuid.uuid5(_ID_NAMESPACE, "/".join(str(p) for p in parts)))
+    """A deterministic ID from its parts; same parts, same ID, on every replay.
+
+    Exactly `str(uuid.uuid5(_ID_NAMESPACE, "/".join(parts)))` (a test holds it to that), computed
+    from hashlib directly: the PM derives several IDs per decision and `uuid.uuid5` is 3x slower.
+    """
+    digest = bytearray(hashlib.sha1(_ID_NAMESPACE_BYTES + "/".join(map(str, parts)).encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def command_id(correlation_id: str, step: str, attempt: int) -> str:
@@ -537,12 +547,16 @@ class JournalEntryPayload(Model):
     published: list[bytes] = Field(default_factory=list)  # encoded published events
     timers_scheduled: list[TimerSpec] = Field(default_factory=list)
     timers_cancelled: list[str] = Field(default_factory=list)
+    # When the PM decided (the `now` decide saw); replays pass it again. None in version-1 entries,
+    # which were decided with the input's occurred_at.
+    decided_at: Timestamp | None = None
 
 
 @event_type
 class JournalEntry(Event):
     TYPE = "JournalEntry"
     TOPIC = "pm.journal"
+    SCHEMA_VERSION = 2  # the payload gained `decided_at` (schemas/v1/ keeps version 1)
     payload: JournalEntryPayload
 
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
@@ -39,6 +40,7 @@ __all__ = [
     "evaluate",
     "advance",
     "fold_entry",
+    "decision_time",
 ]
 
 JOURNAL_TOPIC = "pm.journal"
@@ -124,15 +126,24 @@ class Outcome:
 
 
 def evaluate(
-    definition: ProcessDefinition[Any], state: ProcessState, event: Event, verifier: Verifier | None = None
+    definition: ProcessDefinition[Any],
+    state: ProcessState,
+    event: Event,
+    verifier: Verifier | None = None,
+    *,
+    now: datetime | None = None,
 ) -> Outcome:
-    """Run the edge check and the pure decision; a raising `decide` fails only this process."""
+    """Run the edge check and the pure decision; a raising `decide` fails only this process.
+
+    `now` is the decision time (the live clock, or the one a journal entry recorded); None means
+    the event's own `occurred_at`, which is what entries written before `decided_at` existed used.
+    """
     if verifier is not None:
         refused = verifier(event)
         if refused is not None:
             return Outcome("rejected", refused, None)
     try:
-        decision = definition.decide(state, event)
+        decision = definition.decide(state, event, event.occurred_at if now is None else now)
     except Exception as exc:  # a bug or an unhandled state: fail the process, keep the partition flowing
         return Outcome("failed", f"{type(exc).__name__}: {exc}", None)
     if decision.rejection is not None:
@@ -190,6 +201,7 @@ def build_entry(
     offset: int,
     outcome: Outcome,
     status: str,
+    decided_at: datetime | None = None,
 ) -> JournalEntry:
     """The journal entry for one accepted input: what came in (exact bytes) and what was decided."""
     decision = outcome.decision if outcome.outcome == "applied" else None
@@ -207,6 +219,7 @@ def build_entry(
         published=[encode(p) for p in decision.publish] if decision else [],
         timers_scheduled=list(decision.schedule) if decision else [],
         timers_cancelled=list(decision.cancel) if decision else [],
+        decided_at=decided_at,
     )
     return JournalEntry(
         event_id=derive_id(event.event_id, "journal"),
@@ -215,6 +228,12 @@ def build_entry(
         occurred_at=event.occurred_at,
         payload=payload,
     )
+
+
+def decision_time(entry: JournalEntry, event: Event) -> datetime:
+    """The `now` the entry's input was decided with (the input's time in entries before `decided_at`)."""
+    decided_at = entry.payload.decided_at
+    return event.occurred_at if decided_at is None else decided_at
 
 
 def fold_entry(
@@ -239,7 +258,7 @@ def fold_entry(
                 record.process, record.version, record.state.model_dump(mode="json")
             )
     if payload.outcome == "applied":
-        outcome = evaluate(definition, state, event)
+        outcome = evaluate(definition, state, event, now=decision_time(entry, event))
         if outcome.outcome != "applied":  # today's code disagrees with the record: the record wins
             outcome = Outcome("failed", payload.reason or f"not reproducible on fold: {outcome.reason}", None)
     else:

@@ -1,7 +1,9 @@
 """The process definition API: a state model plus a pure `decide`.
 
-`decide(state, event) -> Decision` must not touch Kafka, clocks or randomness:
-time comes from `event.occurred_at`, IDs from `derive_id` / `command_id`.
+`decide(state, event, now) -> Decision` must not touch Kafka, clocks or randomness:
+`now` is the time the runtime decides the input (it records it in the journal
+entry, so a replay passes the same value), `event.occurred_at` is when the
+input happened; IDs come from `derive_id` / `command_id`.
 The runtime owns all I/O; a definition is pure data and functions, so a new
 process needs nothing from `pm/` internals (see tests for a second process).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -89,6 +92,11 @@ class ProcessDefinition(Protocol[S]):
         """The state before the starting event is decided."""
         ...
 
-    def decide(self, state: S, event: Event) -> Decision[S]:
-        """Pure: no I/O, no clock, no randomness."""
+    def decide(self, state: S, event: Event, now: datetime) -> Decision[S]:
+        """Pure: no I/O, no clock, no randomness.
+
+        `now` is when the PM decides this input (UTC, millisecond precision): count timeouts of the
+        commands issued here from it, not from `event.occurred_at`, or an input that waited in
+        Kafka (backpressure, an outage) starts with its timers already expired.
+        """
         ...

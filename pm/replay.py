@@ -29,7 +29,14 @@ from pm.codec import decode
 from pm.config import Config
 from pm.errors import PmError
 from pm.events import Event, TimerSpec, utc_ms
-from pm.journal import JOURNAL_TOPIC, JournalRecord, evaluate, iter_journal, journal_partitions
+from pm.journal import (
+    JOURNAL_TOPIC,
+    JournalRecord,
+    decision_time,
+    evaluate,
+    iter_journal,
+    journal_partitions,
+)
 from pm.kafka import make_consumer
 from pm.process import Decision, ProcessDefinition, ProcessState, Status
 from pm.registry import Registry, RegistryError
@@ -253,6 +260,7 @@ class ReplayStep:
     event_type: str
     event_id: str
     occurred_at: datetime
+    decided_at: datetime  # when the PM decided it (the input's time in entries written before v2)
     outcome: str
     reason: str | None
     status: str  # as recorded after this entry
@@ -270,6 +278,7 @@ class ReplayStep:
             "partition": self.partition,
             "offset": self.offset,
             "occurred_at": self.occurred_at.isoformat(),
+            "decided_at": self.decided_at.isoformat(),
             "type": self.event_type,
             "event_id": self.event_id,
             "outcome": self.outcome,
@@ -459,7 +468,7 @@ class Replayer:
             assert self.state is not None
             self.status = p.status
             if p.outcome == "applied":
-                outcome = evaluate(self.definition, self.state, event)
+                outcome = evaluate(self.definition, self.state, event, now=decision_time(entry, event))
                 if outcome.outcome == "applied" and outcome.decision is not None:
                     self.state = outcome.decision.state
                     if self.verify:
@@ -489,6 +498,7 @@ class Replayer:
             event_type=event.type,
             event_id=event.event_id,
             occurred_at=event.occurred_at,
+            decided_at=decision_time(entry, event),
             outcome=p.outcome,
             reason=p.reason,
             status=p.status,
@@ -779,7 +789,7 @@ class _WhatIf:
         # Entries the runtime refused outside `decide` (signatures, duplicates) stay refused.
         if p.outcome == "rejected":
             return
-        outcome = evaluate(self.definition, self.state, event)
+        outcome = evaluate(self.definition, self.state, event, now=decision_time(record.entry, event))
         if outcome.outcome == "applied" and outcome.decision is not None:
             decision = outcome.decision
             self.state = decision.state

@@ -131,6 +131,7 @@ class _Change:
 class Batch:
     """Everything one transaction changes; dropped as a whole when the transaction aborts."""
 
+    now: datetime  # the decision time of this batch's inputs (recorded in their journal entries)
     changes: dict[str, _Change] = field(default_factory=dict)
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -145,6 +146,7 @@ class Batch:
     reemitted: int = 0  # outputs produced again for inputs journaled by an unconfirmed transaction
     dlq: int = 0
     active_delta: int = 0
+    decided_at: dict[tuple[str, int, int], datetime] = field(default_factory=dict)  # input position -> now
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         self.first_offsets.setdefault((topic, partition), offset)
@@ -203,6 +205,9 @@ class ProcessManager:
         self._paused: list[TopicPartition] = []
         # Outputs of journal entries met during catch-up, by input position (see _reemit).
         self._unconfirmed: OrderedDict[tuple[str, int, int], tuple[bytes, ...]] = OrderedDict()
+        # Decision times of inputs whose transaction aborted: the retry decides them with the same
+        # time, so a broker that shows aborted records holds identical entries for one input.
+        self._retry_times: dict[tuple[str, int, int], datetime] = {}
         self._journal_topic_id: str | None = None
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
@@ -310,6 +315,7 @@ class ProcessManager:
         self._close_stores(revoked)
         self._cache.clear()
         self.timers.reset()
+        self._retry_times.clear()
         self._assignment = [tp for tp in self._assignment if tp.partition not in revoked]
         self._paused = [tp for tp in self._paused if tp.partition not in revoked]
 
@@ -491,7 +497,7 @@ class ProcessManager:
             if self._paused:
                 self._backpressure()
             return 0
-        batch = Batch()
+        batch = Batch(now=self.timers.now())
         try:
             # 1. one transaction for the whole batch
             self.producer.begin_transaction()
@@ -582,23 +588,25 @@ class ProcessManager:
             assert definition is not None
             state = before.state
         batch.consumed(physical, partition, offset)
+        now = self._retry_times.pop((physical, partition, offset), batch.now)
+        batch.decided_at[(physical, partition, offset)] = now
         with self._span(message, event, topic, partition, offset):
             verifier = self.verifier if isinstance(event, ApprovalDecided) else None
             started = time.perf_counter()
-            outcome = evaluate(definition, state, event, verifier)
+            outcome = evaluate(definition, state, event, verifier, now=now)
             telemetry.decision_latency().record(
                 time.perf_counter() - started, {"pm.process": definition.name, "pm.event_type": event.type}
             )
             try:
                 after, entry = self._entry(
-                    definition, before, state, event, raw, topic, partition, offset, outcome
+                    definition, before, state, event, raw, topic, partition, offset, outcome, now
                 )
             except (
                 Exception
             ) as exc:  # e.g. a decision whose outputs break their schema: fail only this process
                 outcome = Outcome("failed", f"{type(exc).__name__}: {exc}", None)
                 after, entry = self._entry(
-                    definition, before, state, event, raw, topic, partition, offset, outcome
+                    definition, before, state, event, raw, topic, partition, offset, outcome, now
                 )
             telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": outcome.outcome})
             _count_transition(before.status if before is not None else None, after.status)
@@ -646,6 +654,7 @@ class ProcessManager:
         partition: int,
         offset: int,
         outcome: Outcome,
+        now: datetime,
     ) -> tuple[ProcessRecord, JournalEntry]:
         """The process record after `outcome`, and the journal entry recording it (outputs encoded)."""
         after = advance(definition, before, state, event, outcome, -1)
@@ -658,6 +667,7 @@ class ProcessManager:
             offset=offset,
             outcome=outcome,
             status=after.status,
+            decided_at=now,
         )
         return after, entry
 
@@ -839,6 +849,9 @@ class ProcessManager:
 
     def _rewind(self, batch: Batch) -> None:
         """Put the consumer back to the batch's first offsets: the records will be consumed again."""
+        if len(self._retry_times) > UNCONFIRMED_LIMIT:
+            self._retry_times.clear()  # positions never consumed again (moved away): only a bound
+        self._retry_times.update(batch.decided_at)
         firsts = dict(batch.first_offsets)
         for key, offset in batch.deferred.items():
             firsts[key] = min(firsts.get(key, offset), offset)

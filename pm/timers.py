@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from pm.events import TimerFired, TimerPayload, derive_id
 from pm.store import PartitionStore, TimerEntry
@@ -48,6 +48,11 @@ class TimerService:
         self._clock = clock
         self._in_flight: dict[str, int] = {}  # timer_id -> when we produced its TimerFired
         self._refire_after_ms = refire_after_ms
+
+    def now(self) -> datetime:
+        """The service's clock as a UTC datetime (millisecond precision): the runtime's decision time."""
+        ms = self._clock()  # integer arithmetic: a float division can land a microsecond off
+        return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
 
     def due(self, stores: Mapping[int, PartitionStore], limit: int = 500) -> list[tuple[int, TimerEntry]]:
         """(partition, timer) pairs due now and not in flight; refired if still pending after a while."""

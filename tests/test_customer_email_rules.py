@@ -110,13 +110,14 @@ class Run:
         self.timers: dict[str, TimerSpec] = {}  # every timer ever scheduled, for firing stale ones too
         self.n = 0
 
-    def feed(self, event: Event) -> Decision[EmailState]:
+    def feed(self, event: Event, now: datetime | None = None) -> Decision[EmailState]:
+        """Decide `event` at `now` (by default its own occurred_at: no time spent waiting in Kafka)."""
         if self.state is None:
             assert self.process.starts(event)
             self.state = self.process.initial_state(event)
         before = self.state
         self.inputs.append(event)
-        decision = self.process.decide(before, event)
+        decision = self.process.decide(before, event, event.occurred_at if now is None else now)
         if decision.rejection is not None:
             assert decision.state == before, "a rejected event must leave the state unchanged"
         self.state = decision.state
@@ -139,7 +140,7 @@ class Run:
     # ---- inputs
 
     def receive(
-        self, order_id: str | None = "A1001", subject: str = "Where is my order?"
+        self, order_id: str | None = "A1001", subject: str = "Where is my order?", now: datetime | None = None
     ) -> Decision[EmailState]:
         return self.feed(
             EmailReceived(
@@ -155,7 +156,8 @@ class Run:
                     received_at=T0,
                     order_id=order_id,
                 ),
-            )
+            ),
+            now,
         )
 
     def result(
@@ -166,6 +168,7 @@ class Run:
         *,
         attempt: int | None = None,
         minutes: float = 1,
+        now: datetime | None = None,
     ) -> Decision[EmailState]:
         attempt = attempt if attempt is not None else self.s.attempts[step.value]
         payload_type = cls.model_fields["payload"].annotation
@@ -177,7 +180,8 @@ class Run:
                 causation_id=command_id(CID, step, attempt),
                 occurred_at=self.at(minutes),
                 payload=payload_type(command_id=command_id(CID, step, attempt), attempt=attempt, **payload),
-            )
+            ),
+            now,
         )
 
     def classified(
@@ -522,6 +526,26 @@ def test_timeout_retries_within_budget_then_escalates() -> None:
     assert run.s.reason == f"classify timed out after {MAX_RETRIES[Step.CLASSIFY] + 1} attempts"
 
 
+def test_timers_count_from_the_decision_time_not_from_when_the_input_happened() -> None:
+    # Inputs that waited in Kafka (backpressure, an outage) must not start with expired timers.
+    run = Run()
+    late = T0 + timedelta(hours=1)
+    d = run.receive(now=late)
+    assert only(d, ClassifyEmail).occurred_at == late  # produced events carry the decision time
+    assert d.schedule[0].due_at == late + STEP_TIMEOUTS[Step.CLASSIFY]
+    d = run.classified(minutes=1, now=late + timedelta(minutes=1))
+    assert {t.due_at for t in d.schedule} == {late + timedelta(minutes=1) + STEP_TIMEOUTS[Step.FETCH_ORDER]}
+    d = run.failed(Step.FETCH_ORDER, retryable=True, minutes=2, now=late + timedelta(minutes=2))
+    assert d.schedule[0].due_at == late + timedelta(minutes=2) + timedelta(seconds=5)  # backoff too
+    run.fire("retry:fetch-order")
+    run.order()
+    run.policy(REFUND_POLICY)
+    d = run.drafted(REFUND_DRAFT, minutes=3, now=late + timedelta(minutes=3))
+    (request,) = [e for e in d.publish if isinstance(e, ApprovalRequested)]
+    assert request.payload.requested_at == late + timedelta(minutes=3)
+    assert request.payload.deadline == late + timedelta(minutes=3) + APPROVAL_TIMEOUT
+
+
 def test_late_result_of_an_older_attempt_is_ignored() -> None:
     run = Run()
     run.receive()
@@ -801,7 +825,7 @@ def test_state_survives_a_json_round_trip_mid_process() -> None:
     approve = run.decide_approval("approve")
     assert run.s.stage == "sending"
     # the state read back from storage decides exactly like the one in memory
-    assert CUSTOMER_EMAIL.decide(restored, run.inputs[-1]) == approve
+    assert CUSTOMER_EMAIL.decide(restored, run.inputs[-1], run.inputs[-1].occurred_at) == approve
 
 
 def test_budgets_are_configurable() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from test_runtime_support import PmThread, wait_until
@@ -31,10 +31,12 @@ from pm.events import (
     RefundPolicyFetched,
     ReplyDrafted,
     SendEmail,
+    Step,
     derive_id,
 )
 from pm.journal import iter_journal
 from pm.kafka import make_consumer, make_producer
+from pm.processes.customer_email import STEP_TIMEOUTS
 
 LLM = LlmCall(provider="offline", model="rules", prompt="[]", raw_output="{}")
 CUSTOMER = "jane@example.com"
@@ -181,8 +183,8 @@ class Steps(threading.Thread):
             consumer.close()
 
 
-def received(cid: str, subject: str) -> EmailReceived:
-    now = datetime.now(UTC)
+def received(cid: str, subject: str, age: timedelta = timedelta(0)) -> EmailReceived:
+    now = datetime.now(UTC) - age
     return EmailReceived(
         event_id=str(uuid.uuid4()),
         correlation_id=cid,
@@ -205,11 +207,13 @@ def test_customer_email_runs_through_every_step_and_an_approval(topics: Config) 
     steps = Steps(config, {delivery: "delivery_status", refund: "refund_request"})
     verifier = ApprovalVerifier(config, keys={KEY_ID: SECRET}, reviewers=(REVIEWER,))
     steps.start()
+    started = datetime.now(UTC) - timedelta(seconds=1)
     try:
         with PmThread(config, definitions=None, verifier=verifier) as pm:  # the deployed DEFINITIONS
             producer = make_producer(config, "upstream")
             for cid, subject in ((delivery, "Where is my parcel?"), (refund, "I want my shipping refunded")):
-                event = received(cid, subject)
+                # The delivery e-mail is an hour old, as if it waited in Kafka behind backpressure.
+                event = received(cid, subject, age=timedelta(hours=1) if cid == delivery else timedelta(0))
                 producer.produce(config.topic(event.topic), key=cid, value=encode(event))
             producer.flush(10)
 
@@ -230,7 +234,12 @@ def test_customer_email_runs_through_every_step_and_an_approval(topics: Config) 
     assert steps.error is None
     timeline: dict[str, list[str]] = {}
     for record in iter_journal(config):
-        assert record.entry.payload.outcome == "applied", record.entry.payload.reason
+        p = record.entry.payload
+        assert p.outcome == "applied", p.reason
+        # Decided now, and its timers count from then: the hour the e-mail waited does not expire them.
+        assert p.decided_at is not None and p.decided_at >= started
+        if isinstance(record.event, EmailReceived):
+            assert [t.due_at for t in p.timers_scheduled] == [p.decided_at + STEP_TIMEOUTS[Step.CLASSIFY]]
         timeline.setdefault(record.entry.correlation_id, []).append(record.event.type)
     fetches = {"OrderFetched", "RefundPolicyFetched"}
     for cid in (delivery, refund):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 
 import pytest
 from test_runtime_support import (
@@ -26,8 +27,8 @@ from pm.process import Decision
 class BrokenOutputs(MiniProcess):
     """Like MINI, but an e-mail with subject "bad-output" decides a command the codec refuses."""
 
-    def decide(self, state: MiniState, event: Event) -> Decision[MiniState]:
-        decision = MINI.decide(state, event)
+    def decide(self, state: MiniState, event: Event, now: datetime) -> Decision[MiniState]:
+        decision = MINI.decide(state, event, now)
         if getattr(event.payload, "subject", "") != "bad-output":
             return decision
         cid = command_id(state.correlation_id, "send-email", 1)

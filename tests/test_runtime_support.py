@@ -88,7 +88,7 @@ class MiniProcess:
     def initial_state(self, event: Event) -> MiniState:
         return MiniState(correlation_id=event.correlation_id)
 
-    def decide(self, state: MiniState, event: Event) -> Decision[MiniState]:
+    def decide(self, state: MiniState, event: Event, now: datetime) -> Decision[MiniState]:
         cid = state.correlation_id
         if state.terminal:
             return Decision(state, rejection=f"process is {state.status.value}")
@@ -101,7 +101,7 @@ class MiniProcess:
             timer = TimerSpec(
                 timer_id=derive_id(cid, "classify-timeout"),
                 name="classify-timeout",
-                due_at=event.occurred_at + timedelta(seconds=seconds),
+                due_at=now + timedelta(seconds=seconds),
             )
             command = ClassifyEmail(
                 event_id=command_id(cid, Step.CLASSIFY, 1),
@@ -324,7 +324,7 @@ def expected_states(inputs: list[Event]) -> dict[str, tuple[str, str]]:
         seen.add(event.event_id)
         state = states.get(event.correlation_id) or MINI.initial_state(event)
         try:
-            decision = MINI.decide(state, event)
+            decision = MINI.decide(state, event, event.occurred_at)
             if decision.rejection is None:
                 state = decision.state
         except RuntimeError as exc:

@@ -46,9 +46,11 @@ class DisputeState(ProcessState):
     timer_id: str | None = None  # live fetch timeout
 
 
-def issue(s: DisputeState, e: Event, cls: type[Event], step: Step, payload: type, **fields: Any) -> Event:
+def issue(
+    s: DisputeState, e: Event, now: datetime, cls: type[Event], step: Step, payload: type, **fields: Any
+) -> Event:
     cid = command_id(s.correlation_id, step, 1)  # one attempt: this process escalates instead of retrying
-    env = {"correlation_id": s.correlation_id, "causation_id": e.event_id, "occurred_at": e.occurred_at}
+    env = {"correlation_id": s.correlation_id, "causation_id": e.event_id, "occurred_at": now}
     return cls(event_id=cid, **env, payload=payload(command_id=cid, attempt=1, **fields))
 
 
@@ -70,15 +72,17 @@ class InvoiceDispute:
         p = event.payload
         return DisputeState(correlation_id=event.correlation_id, customer=p.sender, message_id=p.message_id)
 
-    def decide(self, s: DisputeState, e: Event) -> Decision[DisputeState]:
+    def decide(self, s: DisputeState, e: Event, now: datetime) -> Decision[DisputeState]:
         if s.terminal:
             return Decision(s)  # over: late results and timers change nothing
         if isinstance(e, EmailReceived):
             if e.payload.order_id is None:
                 return end(s, Status.ESCALATED, "no order ID")
-            cmd = issue(s, e, FetchOrder, Step.FETCH_ORDER, FetchOrderPayload, order_id=e.payload.order_id)
+            cmd = issue(
+                s, e, now, FetchOrder, Step.FETCH_ORDER, FetchOrderPayload, order_id=e.payload.order_id
+            )
             timer_id = derive_id(s.correlation_id, "timer", "fetch", 1)
-            timer = TimerSpec(timer_id=timer_id, name="fetch", due_at=e.occurred_at + FETCH_TIMEOUT)
+            timer = TimerSpec(timer_id=timer_id, name="fetch", due_at=now + FETCH_TIMEOUT)
             update = {"order_id": e.payload.order_id, "pending": cmd.event_id, "timer_id": timer_id}
             return Decision(s.model_copy(update=update), commands=(cmd,), schedule=(timer,))
         if isinstance(e, TimerFired):
@@ -95,6 +99,7 @@ class InvoiceDispute:
             cmd = issue(
                 s,
                 e,
+                now,
                 SendEmail,
                 Step.SEND_EMAIL,
                 SendEmailPayload,
@@ -182,7 +187,7 @@ def run(*events: Event) -> list[Decision[DisputeState]]:
     state = INVOICE_DISPUTE.initial_state(events[0])
     decisions = []
     for event in events:
-        decisions.append(INVOICE_DISPUTE.decide(state, event))
+        decisions.append(INVOICE_DISPUTE.decide(state, event, event.occurred_at))
         state = decisions[-1].state
     return decisions
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_runtime_support import MINI, MiniProcess, MiniState, classified, email, sent
 
-from pm.codec import encode
-from pm.events import TimerFired, TimerPayload
+from pm.codec import decode, encode
+from pm.events import JournalEntry, TimerFired, TimerPayload, utc_ms
 from pm.journal import MAX_PROCESSED, ProcessRecord, advance, build_entry, evaluate, fold_entry
 from pm.process import Decision, Status, Upcaster
 from pm.registry import Registry, RegistryError
@@ -67,7 +68,7 @@ def test_lock_is_held_until_close_and_read_only_opens_alongside(tmp_path: Path) 
 def test_stage_change_keeps_timer_index_and_active_count_consistent(tmp_path: Path) -> None:
     e = email("c1", "slow-timer")
     state = MINI.initial_state(e)
-    decision = MINI.decide(state, e)
+    decision = MINI.decide(state, e, e.occurred_at)
     first = advance(MINI, None, state, e, evaluate(MINI, state, e), 0)
     assert first.timers and first.active and decision.schedule
     write = StoreWrite()
@@ -114,6 +115,40 @@ def test_fold_reproduces_live_states_and_skips_duplicate_entries() -> None:
     assert live is not None and folded is not None
     assert folded.to_json() == live.to_json()
     assert folded.status == "sent"
+
+
+def test_fold_decides_with_the_recorded_time_or_the_inputs_time_in_old_entries() -> None:
+    registry = Registry([MINI])
+    e = email("c7")
+    later = e.occurred_at + timedelta(minutes=10)  # the e-mail waited ten minutes in Kafka
+
+    def folded_due(decided_at: datetime | None) -> int:
+        outcome = evaluate(MINI, MINI.initial_state(e), e, now=decided_at)
+        entry = build_entry(
+            MINI,
+            e,
+            encode(e),
+            topic=e.topic,
+            partition=0,
+            offset=0,
+            outcome=outcome,
+            status="running",
+            decided_at=decided_at,
+        )
+        entry = decode(encode(entry))  # as read back from the journal
+        assert isinstance(entry, JournalEntry) and entry.payload.decided_at == decided_at
+        record = fold_entry(registry, None, entry, e, 0)
+        assert record is not None
+        ((due_ms, _name),) = record.timers.values()
+        assert [utc_ms(t.due_at) for t in entry.payload.timers_scheduled] == [
+            datetime.fromtimestamp(due_ms / 1000, UTC)
+        ]
+        return due_ms
+
+    hour_ms = 3600 * 1000  # MINI's timer for a "hello" e-mail
+    assert folded_due(later) == int(later.timestamp() * 1000) + hour_ms
+    # A version-1 entry has no decided_at: it was decided with the input's occurred_at.
+    assert folded_due(None) == int(e.occurred_at.timestamp() * 1000) + hour_ms
 
 
 def test_failed_and_rejected_entries_fold_without_deciding() -> None:
@@ -167,14 +202,14 @@ class MiniV2(MiniProcess):
 
     upcasters: Mapping[int, Upcaster] = {1: _up}
 
-    def decide(self, state: MiniState, event: Any) -> Decision[MiniState]:
-        decision = super().decide(state, event)
+    def decide(self, state: MiniState, event: Any, now: datetime) -> Decision[MiniState]:
+        decision = super().decide(state, event, now)
         return decision
 
 
 def test_registry_keeps_old_versions_and_upcasts_when_they_are_gone() -> None:
     e = email("c1")
-    stored = MINI.decide(MINI.initial_state(e), e).state.model_dump(mode="json")
+    stored = MINI.decide(MINI.initial_state(e), e, e.occurred_at).state.model_dump(mode="json")
     both = Registry([MINI, MiniV2()])
     assert both.starter(e).version == 2  # type: ignore[union-attr]
     definition, state = both.resolve("mini", 1, stored)

@@ -123,6 +123,9 @@ def _print_step(step: ReplayStep, out: TextIO) -> None:
     head = f"@{step.offset:<5} {step.occurred_at.isoformat()}  {step.event_type:<20} {step.event_id}"
     tail = f"{step.outcome}" + (f" ({step.reason})" if step.reason else "") + f" -> {step.status}"
     print(f"{head}  {tail}" + ("  [duplicate, skipped]" if step.duplicate else ""), file=out)
+    waited = (step.decided_at - step.occurred_at).total_seconds()
+    if waited >= 1:  # sat in Kafka before the PM got to it (backpressure, an outage): timers count from here
+        print(f"    decided at {step.decided_at.isoformat()} ({waited:.1f}s after it occurred)", file=out)
     for name, (before, after) in step.changes.items():
         print(f"    {name}: {_value(before)} -> {_value(after)}", file=out)
     for command in step.commands:

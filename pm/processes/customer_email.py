@@ -15,8 +15,11 @@ do not cover: unknown intent, no order ID, order not found, a step that fails fo
 times out past its retry budget, a draft that keeps failing the guard, an approval nobody
 gives in time, an e-mail that may or may not have been sent. Every loop has a budget.
 
-Pure: time comes from the input event's `occurred_at`, every ID is derived from the
-correlation ID, the step and the attempt, so replaying the same inputs gives the same decisions.
+Pure: time comes from `now`, the time the runtime decides the input (recorded in the journal,
+so a replay passes it again): step timeouts, backoffs and the approval deadline count from when
+the PM acts, not from when the input happened, so an input that waited in Kafka behind
+backpressure does not start with expired timers. Every ID is derived from the correlation ID,
+the step and the attempt, so replaying the same inputs gives the same decisions.
 """
 
 from __future__ import annotations
@@ -216,18 +219,19 @@ class _Effects:
     """What one decision produces, gathered while the handlers compute the next state."""
 
     cause: Event
+    now: datetime  # the decision time: produced events carry it, timers count from it
     commands: list[Event] = field(default_factory=list)
     publish: list[Event] = field(default_factory=list)
     schedule: list[TimerSpec] = field(default_factory=list)
     cancel: list[str] = field(default_factory=list)
 
     def envelope(self, event_id: str) -> dict[str, Any]:
-        """Produced events: derived ID, caused by the input, stamped with the input's time."""
+        """Produced events: derived ID, caused by the input, stamped with the decision time."""
         return {
             "event_id": event_id,
             "correlation_id": self.cause.correlation_id,
             "causation_id": self.cause.event_id,
-            "occurred_at": self.cause.occurred_at,
+            "occurred_at": self.now,
         }
 
     def decision(self, state: EmailState) -> Decision[EmailState]:
@@ -273,12 +277,12 @@ class CustomerEmailProcess:
             email=Email.model_validate(event.payload.model_dump()),
         )
 
-    def decide(self, state: EmailState, event: Event) -> Decision[EmailState]:
+    def decide(self, state: EmailState, event: Event, now: datetime) -> Decision[EmailState]:
         if isinstance(event, ApprovalDecided):
-            return self._on_approval(state, event)
+            return self._on_approval(state, event, now)
         if state.terminal:
             return Decision(state)  # late results, stale timers, anything: the process is over
-        fx = _Effects(event)
+        fx = _Effects(event, now)
         if isinstance(event, EmailReceived):
             if state.stage != "received":
                 return Decision(state, rejection="e-mail already received for this process")
@@ -399,7 +403,7 @@ class CustomerEmailProcess:
         assert state.classification is not None and state.policy is not None
         attempt = state.attempts[Step.DRAFT_REPLY]  # one approval per accepted draft
         cid = state.correlation_id
-        requested_at = fx.cause.occurred_at
+        requested_at = fx.now
         approval = Approval(
             approval_id=derive_id(cid, "approval", attempt),
             draft_hash=draft_hash(draft),
@@ -436,7 +440,7 @@ class CustomerEmailProcess:
             state = _set_timer(state, "approval-reminder", 1, first_reminder, fx)
         return state
 
-    def _on_approval(self, state: EmailState, event: ApprovalDecided) -> Decision[EmailState]:
+    def _on_approval(self, state: EmailState, event: ApprovalDecided, now: datetime) -> Decision[EmailState]:
         """Apply a (signature-checked) decision, or reject it and leave the state untouched."""
         p = event.payload
         approval = state.approval
@@ -475,7 +479,7 @@ class CustomerEmailProcess:
             violations = check_draft(draft, order=order, policy=policy, email=state.email)
             if violations:
                 return refuse(f"edited reply fails the guard: {'; '.join(violations)}")
-        fx = _Effects(event)
+        fx = _Effects(event, now)
         decided = approval.model_copy(
             update={"decision": p.decision, "reviewer": p.reviewer, "decided_at": p.decided_at}
         )
@@ -552,13 +556,13 @@ class CustomerEmailProcess:
                 "pending": {**state.pending, step.value: cmd_id},
             }
         )
-        due = fx.cause.occurred_at + self.budgets.step_timeouts[step]
+        due = fx.now + self.budgets.step_timeouts[step]
         return _set_timer(state, f"timeout:{step.value}", attempt, due, fx)
 
     def _retry_later(self, state: EmailState, step: Step, retry: int, fx: _Effects) -> EmailState:
         """Durable backoff: the command is issued when the retry timer fires."""
         attempt = state.attempts[step] + 1
-        due = fx.cause.occurred_at + self.budgets.backoff(retry)
+        due = fx.now + self.budgets.backoff(retry)
         return _set_timer(state, f"retry:{step.value}", attempt, due, fx)
 
     def _send(self, state: EmailState, fx: _Effects) -> EmailState:
