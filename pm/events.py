@@ -85,6 +85,8 @@ __all__ = [
 
 def utc_ms(value: datetime) -> datetime:
     """Timestamps are UTC with millisecond precision (what Avro timestamp-millis keeps)."""
+    if value.tzinfo is UTC and value.microsecond % 1000 == 0:
+        return value  # already normal (decoded, derived): the common case, it runs on every model built
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)

@@ -550,14 +550,16 @@ class CustomerEmailProcess:
         attempt = state.attempts.get(step, 0) + 1
         cmd_id = command_id(state.correlation_id, step, attempt)
         fx.commands.append(_command(state, step, cmd_id, attempt, fx))
-        state = state.model_copy(
+        timers = _schedule(
+            state, f"timeout:{step.value}", attempt, fx.now + self.budgets.step_timeouts[step], fx
+        )
+        return state.model_copy(
             update={
                 "attempts": {**state.attempts, step.value: attempt},
                 "pending": {**state.pending, step.value: cmd_id},
+                "timers": timers,
             }
         )
-        due = fx.now + self.budgets.step_timeouts[step]
-        return _set_timer(state, f"timeout:{step.value}", attempt, due, fx)
 
     def _retry_later(self, state: EmailState, step: Step, retry: int, fx: _Effects) -> EmailState:
         """Durable backoff: the command is issued when the retry timer fires."""
@@ -630,10 +632,15 @@ def _without(mapping: dict[str, str], key: str) -> dict[str, str]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
-def _set_timer(state: EmailState, name: str, attempt: int, due_at: datetime, fx: _Effects) -> EmailState:
+def _schedule(state: EmailState, name: str, attempt: int, due_at: datetime, fx: _Effects) -> dict[str, str]:
+    """Schedule a timer; returns the state's live timers with it (for the caller's one state copy)."""
     timer_id = derive_id(state.correlation_id, "timer", name, attempt)
     fx.schedule.append(TimerSpec(timer_id=timer_id, name=name, due_at=due_at))
-    return state.model_copy(update={"timers": {**state.timers, timer_id: name}})
+    return {**state.timers, timer_id: name}
+
+
+def _set_timer(state: EmailState, name: str, attempt: int, due_at: datetime, fx: _Effects) -> EmailState:
+    return state.model_copy(update={"timers": _schedule(state, name, attempt, due_at, fx)})
 
 
 def _cancel_timers(state: EmailState, fx: _Effects, *, names: tuple[str, ...] | None = None) -> EmailState:
