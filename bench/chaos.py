@@ -1,9 +1,8 @@
 """`chaos`: the fault harness (issue 8). Real processes, real SIGKILLs, then every invariant checked.
 
-It starts its own local broker, the topics, and `pm run all --with-services --max-active 40`
+It starts its own local broker, the topics, and `pm run all --with-services --max-active 1000`
 (the supervisor runs the order service, the SMTP sink, the PM and every step consumer, and
-restarts what dies; the PM's backpressure keeps the backlog within what the machine
-sustains, else 30 s step timeouts fire under sheer load). Then, all at once and bounded by
+restarts what dies; 1000 is the PM's default backpressure). Then, all at once and bounded by
 a global deadline:
 
 - an upstream publishes N e-mails spread over a while: refund requests (they need a
@@ -121,9 +120,10 @@ class Plan:
     seed: int
     publish_seconds: float  # e-mails are spread over this long; the kills fall into the same window
     concurrency: int = 4
-    # PM backpressure (`--max-active`): without it a backlog beyond what 2 cores sustain makes
-    # the 30 s fetch timeouts fire, retries queue behind the backlog and processes escalate.
-    max_active: int = 40
+    # PM backpressure (`--max-active`), the PM's default. Before step timers counted from the
+    # decision time, e-mails held back this long started with expired timers (692 escalated at
+    # 1000); the harness ran with 40 then.
+    max_active: int = 1000
 
     @classmethod
     def make(
@@ -134,7 +134,7 @@ class Plan:
         kills: int | None = None,
         seconds: float | None = None,
         seed: int | None = None,
-        max_active: int = 40,
+        max_active: int = 1000,
     ) -> Plan:
         n = emails if emails is not None else (100 if quick else 1000)
         k = kills if kills is not None else (5 if quick else 20)
@@ -800,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=None, help="global deadline (default 900, quick 150)"
     )
     parser.add_argument("--seed", type=int, default=None, help="RNG seed (printed; default random)")
-    parser.add_argument("--max-active", type=int, default=40, help="PM backpressure (default 40)")
+    parser.add_argument("--max-active", type=int, default=1000, help="PM backpressure (default 1000)")
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs, Maildir and stores here")
     args = parser.parse_args(argv)
     try:
