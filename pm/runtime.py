@@ -48,6 +48,7 @@ from pm.config import Config
 from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
 from pm.events import ApprovalDecided, Event, JournalEntry
+from pm.heap import trim_heap
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalError,
@@ -78,6 +79,7 @@ __all__ = [
 ]
 
 EMAIL_TOPIC = "email.received"
+TRIM_AFTER_ENTRIES = 10_000  # a catch-up this long leaves enough freed heap to be worth returning
 UNCONFIRMED_LIMIT = 10_000  # catch-up outputs kept for re-emission; only the journal's tail matters
 TIMERS_TOPIC = "pm.timers"
 
@@ -433,6 +435,8 @@ class ProcessManager:
                 f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
             )
         store.write(write)
+        if folded >= TRIM_AFTER_ENTRIES:
+            trim_heap()  # the fold's garbage is freed, but glibc keeps the pages: hand them back
         if from_scratch and folded:
             elapsed = time.monotonic() - started
             print(
