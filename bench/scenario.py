@@ -114,7 +114,7 @@ class Scenario:
 
     def first_command(self, event: EmailReceived) -> Event:
         """The command the PM issues for a new e-mail (decide is pure: same IDs as the PM's)."""
-        outcome = evaluate(CUSTOMER_EMAIL, CUSTOMER_EMAIL.initial_state(event), event)
+        outcome = evaluate(CUSTOMER_EMAIL, CUSTOMER_EMAIL.initial_state(event), event, now=event.occurred_at)
         assert outcome.decision is not None and outcome.decision.commands
         return outcome.decision.commands[0]
 
@@ -144,7 +144,7 @@ class JournalWriter:
             key = (topic, partition)
             offset = self._offsets.get(key, 0)
             self._offsets[key] = offset + 1
-            outcome = evaluate(definition, state, event)
+            outcome = evaluate(definition, state, event, now=event.occurred_at)  # decided as it happens
             record = advance(definition, record, state, event, outcome, offset)
             state = record.state
             entry = build_entry(
@@ -156,6 +156,7 @@ class JournalWriter:
                 offset=offset,
                 outcome=outcome,
                 status=record.status,
+                decided_at=event.occurred_at,
             )
             yield partition, encode(entry), cid
             if outcome.decision is not None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from functools import lru_cache
-from typing import Any
 
 __all__ = ["trim_heap"]
 
 
 @lru_cache(maxsize=1)
-def _libc() -> Any | None:
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None

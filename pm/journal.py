@@ -131,19 +131,18 @@ def evaluate(
     event: Event,
     verifier: Verifier | None = None,
     *,
-    now: datetime | None = None,
+    now: datetime,
 ) -> Outcome:
     """Run the edge check and the pure decision; a raising `decide` fails only this process.
 
-    `now` is the decision time (the live clock, or the one a journal entry recorded); None means
-    the event's own `occurred_at`, which is what entries written before `decided_at` existed used.
+    `now` is the decision time: the runtime's clock live, `decision_time(entry, event)` on a fold.
     """
     if verifier is not None:
         refused = verifier(event)
         if refused is not None:
             return Outcome("rejected", refused, None)
     try:
-        decision = definition.decide(state, event, event.occurred_at if now is None else now)
+        decision = definition.decide(state, event, now)
     except Exception as exc:  # a bug or an unhandled state: fail the process, keep the partition flowing
         return Outcome("failed", f"{type(exc).__name__}: {exc}", None)
     if decision.rejection is not None:

@@ -9,6 +9,7 @@ upgrade from) and the process continues on the newest version.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ class Registry:
         self._by_key: dict[tuple[str, int], ProcessDefinition[Any]] = {}
         self._order: list[str] = []
         for definition in definitions:
+            _check_decide(definition)
             key = (definition.name, int(definition.version))
             if key in self._by_key:
                 raise RegistryError(f"process definition {key[0]!r} version {key[1]} is registered twice")
@@ -77,3 +79,16 @@ class Registry:
                 )
             data = upcaster(data)
         return latest, latest.state_type.model_validate(dict(data))
+
+
+def _check_decide(definition: ProcessDefinition[Any]) -> None:
+    """Refuse at start a `decide` that cannot take (state, event, now), instead of failing every process."""
+    try:
+        inspect.signature(definition.decide).bind(None, None, None)
+    except TypeError as exc:
+        raise RegistryError(
+            f"process definition {definition.name!r} version {definition.version}: decide must take "
+            f"(state, event, now) ({exc}); `now` is the decision time, see pm/process.py"
+        ) from exc
+    except ValueError:  # no signature to inspect (a builtin): let it be
+        pass

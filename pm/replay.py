@@ -196,8 +196,8 @@ class Until:
         """True when `record` lies past the limit (stop without applying it)."""
         if self.offset is not None:
             return record.offset > self.offset
-        if self.time is not None:
-            return record.event.occurred_at > self.time
+        if self.time is not None:  # what the PM had decided by then (inputs can be decided late)
+            return decision_time(record.entry, record.event) > self.time
         return False
 
     def reached(self, record: JournalRecord) -> bool:
@@ -882,6 +882,7 @@ def timeline(records: Iterable[JournalRecord]) -> list[dict[str, Any]]:
     for record in records:
         event, p = record.event, record.entry.payload
         base = {"offset": record.offset, "partition": record.partition}
+        decided_at = decision_time(record.entry, event).isoformat()  # timers are scheduled then
         rows.append(
             {
                 **base,
@@ -889,6 +890,7 @@ def timeline(records: Iterable[JournalRecord]) -> list[dict[str, Any]]:
                 "type": event.type,
                 "event_id": event.event_id,
                 "occurred_at": event.occurred_at.isoformat(),
+                "decided_at": decided_at,
                 "topic": p.input_topic,
                 "outcome": p.outcome,
                 "reason": p.reason,
@@ -913,7 +915,7 @@ def timeline(records: Iterable[JournalRecord]) -> list[dict[str, Any]]:
                     "kind": "timer",
                     "type": "TimerScheduled",
                     "event_id": spec.timer_id,
-                    "occurred_at": event.occurred_at.isoformat(),
+                    "occurred_at": decided_at,
                     "name": spec.name,
                     "due_at": spec.due_at.isoformat(),
                 }
@@ -925,7 +927,7 @@ def timeline(records: Iterable[JournalRecord]) -> list[dict[str, Any]]:
                     "kind": "timer",
                     "type": "TimerCancelled",
                     "event_id": timer_id,
-                    "occurred_at": event.occurred_at.isoformat(),
+                    "occurred_at": decided_at,
                 }
             )
     return rows

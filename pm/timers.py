@@ -51,7 +51,7 @@ class TimerService:
 
     def now(self) -> datetime:
         """The service's clock as a UTC datetime (millisecond precision): the runtime's decision time."""
-        ms = self._clock()  # integer arithmetic: a float division can land a microsecond off
+        ms = self._clock()  # integer arithmetic: exact milliseconds, as the journal records them
         return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
 
     def due(self, stores: Mapping[int, PartitionStore], limit: int = 500) -> list[tuple[int, TimerEntry]]:

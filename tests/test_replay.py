@@ -196,11 +196,17 @@ class Journal:
     inputs: dict[str, list[Event]] = field(default_factory=dict)
 
     def record(
-        self, definition: ProcessDefinition[Any], state: ProcessState | None, event: Event
+        self,
+        definition: ProcessDefinition[Any],
+        state: ProcessState | None,
+        event: Event,
+        now: datetime | None = None,
     ) -> Decision[Any] | None:
+        """Decide `event` at `now` (default: when it occurred) and journal it with that time."""
         if state is None:
             state = definition.initial_state(event)
-        outcome = evaluate(definition, state, event)
+        now = event.occurred_at if now is None else now
+        outcome = evaluate(definition, state, event, now=now)
         after = (
             outcome.decision.state if outcome.decision is not None and outcome.outcome == "applied" else state
         )
@@ -216,6 +222,7 @@ class Journal:
             offset=offset,
             outcome=outcome,
             status=str(after.status.value),
+            decided_at=now,
         )
         self.producer.produce(
             self.config.topic("pm.journal"), key=event.correlation_id.encode(), value=encode(entry)
@@ -223,8 +230,16 @@ class Journal:
         self.inputs.setdefault(event.correlation_id, []).append(event)
         return outcome.decision if outcome.outcome == "applied" else None
 
-    def run(self, scenario: Scenario, definition: ProcessDefinition[Any] = CUSTOMER_EMAIL) -> ProcessState:
-        """Drive one process to its end: every command and approval request is answered in order."""
+    def run(
+        self,
+        scenario: Scenario,
+        definition: ProcessDefinition[Any] = CUSTOMER_EMAIL,
+        late: timedelta = timedelta(0),
+    ) -> ProcessState:
+        """Drive one process to its end: every command and approval request is answered in order.
+
+        `late`: each input is decided that long after it occurred (it waited in Kafka).
+        """
         s = scenario
         first = EmailReceived(
             event_id=derive_id(s.correlation_id, "email"),
@@ -244,7 +259,7 @@ class Journal:
         at = T0
         while queue:
             event = queue.popleft()
-            decision = self.record(definition, state, event)
+            decision = self.record(definition, state, event, event.occurred_at + late)
             if state is None:
                 state = definition.initial_state(event)
             if decision is None:
@@ -395,6 +410,24 @@ def test_verify_passes_on_the_unchanged_definition(
     assert code == 0, out
     assert "DIFF" not in out and "ApprovalDecided" in out
     assert "verify: ok, 7 decisions re-run" in err
+
+
+def test_verify_re_decides_with_the_recorded_decision_time(
+    journal: Journal, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cid = "<verify-late@mail.example>"
+    journal.run(Scenario(cid, intent="refund_request"), late=timedelta(minutes=10))
+    code, out, err = _run(journal.config, capsys, "replay", cid, "--verify")
+    # Timers and the approval deadline count from the decision time: re-deciding with the input's
+    # occurred_at instead would show them all ten minutes early.
+    assert code == 0, out
+    assert "verify: ok, 7 decisions re-run" in err
+    assert "(600.0s after it occurred)" in out
+    code, out, _ = _run(journal.config, capsys, "replay", cid, "--json")
+    first = json.loads(out.splitlines()[0])
+    assert first["type"] == "EmailReceived"
+    assert first["decided_at"] == "2026-03-02T09:10:00+00:00"
+    assert first["timers_scheduled"][0]["due_at"] == "2026-03-02T09:12:00+00:00"
 
 
 def test_verify_fails_with_a_readable_diff_on_a_changed_timeout(

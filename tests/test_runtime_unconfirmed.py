@@ -34,7 +34,7 @@ def test_redelivered_input_of_an_unconfirmed_entry_re_emits_its_commands(topics:
     partition, offset = delivered[0]
     # The crashed PM's journal entry: written, but its ClassifyEmail command never was.
     state = MINI.initial_state(event)
-    outcome = evaluate(MINI, state, event)
+    outcome = evaluate(MINI, state, event, now=event.occurred_at)
     after = advance(MINI, None, state, event, outcome, -1)
     entry = build_entry(
         MINI,

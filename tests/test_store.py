@@ -69,15 +69,15 @@ def test_stage_change_keeps_timer_index_and_active_count_consistent(tmp_path: Pa
     e = email("c1", "slow-timer")
     state = MINI.initial_state(e)
     decision = MINI.decide(state, e, e.occurred_at)
-    first = advance(MINI, None, state, e, evaluate(MINI, state, e), 0)
+    first = advance(MINI, None, state, e, evaluate(MINI, state, e, now=e.occurred_at), 0)
     assert first.timers and first.active and decision.schedule
     write = StoreWrite()
     stage_change(write, None, first)
     c = classified("c1")
-    second = advance(MINI, first, first.state, c, evaluate(MINI, first.state, c), 1)
+    second = advance(MINI, first, first.state, c, evaluate(MINI, first.state, c, now=c.occurred_at), 1)
     stage_change(write, first, second)
     s = sent("c1")
-    third = advance(MINI, second, second.state, s, evaluate(MINI, second.state, s), 2)
+    third = advance(MINI, second, second.state, s, evaluate(MINI, second.state, s, now=s.occurred_at), 2)
     stage_change(write, second, third)
     store = PartitionStore(tmp_path / "0", 0)
     store.write(write)
@@ -94,7 +94,7 @@ def test_fold_reproduces_live_states_and_skips_duplicate_entries() -> None:
     inputs = [email("c1"), classified("c1"), email("c1"), sent("c1")]
     for offset, event in enumerate(inputs):
         state = live.state if live else MINI.initial_state(event)
-        outcome = evaluate(MINI, state, event)
+        outcome = evaluate(MINI, state, event, now=event.occurred_at)
         entry = build_entry(
             MINI,
             event,
@@ -123,7 +123,9 @@ def test_fold_decides_with_the_recorded_time_or_the_inputs_time_in_old_entries()
     later = e.occurred_at + timedelta(minutes=10)  # the e-mail waited ten minutes in Kafka
 
     def folded_due(decided_at: datetime | None) -> int:
-        outcome = evaluate(MINI, MINI.initial_state(e), e, now=decided_at)
+        outcome = evaluate(
+            MINI, MINI.initial_state(e), e, now=e.occurred_at if decided_at is None else decided_at
+        )
         entry = build_entry(
             MINI,
             e,
@@ -155,7 +157,7 @@ def test_failed_and_rejected_entries_fold_without_deciding() -> None:
     registry = Registry([MINI])
     boom = email("c9", "boom")
     state = MINI.initial_state(boom)
-    outcome = evaluate(MINI, state, boom)
+    outcome = evaluate(MINI, state, boom, now=boom.occurred_at)
     assert outcome.outcome == "failed" and outcome.reason == "RuntimeError: cannot handle this e-mail"
     entry = build_entry(
         MINI,
@@ -171,13 +173,15 @@ def test_failed_and_rejected_entries_fold_without_deciding() -> None:
     assert (
         record is not None and record.state.status == Status.FAILED and record.state.reason == outcome.reason
     )
-    refused = evaluate(MINI, state, boom, verifier=lambda e: "unsigned")
+    refused = evaluate(MINI, state, boom, verifier=lambda e: "unsigned", now=boom.occurred_at)
     assert refused.outcome == "rejected" and refused.decision is None  # decide never ran
 
 
 def test_processed_ids_are_bounded() -> None:
     e = email("c1")
-    record = advance(MINI, None, MINI.initial_state(e), e, evaluate(MINI, MINI.initial_state(e), e), 0)
+    record = advance(
+        MINI, None, MINI.initial_state(e), e, evaluate(MINI, MINI.initial_state(e), e, now=e.occurred_at), 0
+    )
     for i in range(MAX_PROCESSED + 10):
         fired = TimerFired(
             event_id=f"x{i}",
@@ -185,7 +189,9 @@ def test_processed_ids_are_bounded() -> None:
             occurred_at=e.occurred_at,
             payload=TimerPayload(timer_id="other", name="n", due_at=e.occurred_at),
         )
-        record = advance(MINI, record, record.state, fired, evaluate(MINI, record.state, fired), i)
+        record = advance(
+            MINI, record, record.state, fired, evaluate(MINI, record.state, fired, now=fired.occurred_at), i
+        )
     assert len(record.processed) == MAX_PROCESSED and record.processed[-1] == f"x{MAX_PROCESSED + 9}"
 
 
@@ -224,3 +230,14 @@ def test_registry_keeps_old_versions_and_upcasts_when_they_are_gone() -> None:
     with pytest.raises(RegistryError, match="twice"):
         Registry([MINI, MINI])
     assert both.starter(classified("c1")) is None
+
+
+def test_registry_refuses_a_decide_without_the_decision_time() -> None:
+    class OldStyle(MiniProcess):
+        version = 3
+
+        def decide(self, state: MiniState, event: Any) -> Decision[MiniState]:  # type: ignore[override]
+            return Decision(state)
+
+    with pytest.raises(RegistryError, match=r"decide must take \(state, event, now\)"):
+        Registry([OldStyle()])

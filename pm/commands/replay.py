@@ -44,7 +44,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     replay.add_argument("--all", action="store_true", help="every process in the journal")
     replay.add_argument("--json", action="store_true", help="JSON lines (one per event, then the state)")
     replay.add_argument(
-        "--until", metavar="OFFSET|TIME|EVENT_ID", help="stop there (inclusive) and show the state"
+        "--until",
+        metavar="OFFSET|TIME|EVENT_ID",
+        help="stop there (inclusive) and show the state; a TIME is compared with when the PM decided each entry",
     )
     replay.add_argument("--verify", action="store_true", help="re-run decide and compare with the journal")
     replay.add_argument(
