@@ -95,6 +95,8 @@ EDIT_MARKER = "[edited by the reviewer]"
 STEPS = ("classify", "fetch-order", "fetch-refund-policy", "draft-reply", "send-email")
 KILLABLE = ("pm", *STEPS)
 KILL_WEIGHTS = (2, 1, 1, 1, 1, 1)  # the PM is the most interesting victim
+KILL_WINDOW = 0.8  # kills fall in this share of the publishing window, counted from the first decision
+KILL_SPACING = 1.0  # seconds at least between two kills (a victim needs a moment to be reaped)
 TERMINAL = frozenset({"sent", "rejected", "escalated", "failed"})
 # Customers and the order each owns (consumers/data/orders.json): a reply to anyone else is refused.
 CUSTOMERS = (
@@ -289,6 +291,7 @@ class Killer:
     targets: list[str] = field(default_factory=list)
     kills: list[tuple[float, str, int]] = field(default_factory=list)  # (t, component, pid)
     next_at: float | None = None
+    times: list[float] = field(default_factory=list)  # planned kill times (monotonic), once armed
 
     def __post_init__(self) -> None:
         k = self.plan.kills
@@ -298,12 +301,15 @@ class Killer:
         if k >= 2 and set(self.targets) == {"pm"}:
             self.targets[self.rng.randrange(k)] = self.rng.choice(STEPS)
 
-    def gap(self) -> float:
-        return self.rng.uniform(0.4, 1.4) * self.plan.publish_seconds / max(1, self.plan.kills)
-
     def arm(self, now: float) -> None:
+        """Plan the kills at random moments of the rest of the publishing window, while work is live.
+
+        (Random gaps summed could outlast the work: a fast run then ended with kills still due.)
+        """
         if self.next_at is None:
-            self.next_at = now + self.gap()
+            window = KILL_WINDOW * self.plan.publish_seconds
+            self.times = sorted(now + self.rng.uniform(0.0, window) for _ in self.targets)
+            self.next_at = self.times[0] if self.times else None
 
     @property
     def done(self) -> bool:
@@ -321,7 +327,7 @@ class Killer:
             os.kill(pid, signal.SIGKILL)
         self.kills.append((now - started, target, pid))
         print(f"  {now - started:7.1f}s  kill #{len(self.kills)}: SIGKILL {target} (pid {pid})", flush=True)
-        self.next_at = now + self.gap()
+        self.next_at = None if self.done else max(now + KILL_SPACING, self.times[len(self.kills)])
 
 
 # ---------------------------------------------------------------- checks
@@ -682,8 +688,8 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
                         flush=True,
                     )
                     next_line = now + 5.0
-                if terminal == plan.emails and published == plan.emails:
-                    break
+                if terminal == plan.emails and published == plan.emails and killer.done:
+                    break  # (a kill still due after the work ended lands on idle processes: still a kill)
             report.kills = killer.kills
             report.decisions = Counter(reviewer.decided.values())
             # Did the supervisor bring every victim back? (give a restart backoff a moment)
