@@ -456,6 +456,7 @@ class Replayer:
         recorded = _Recorded.of(record)
         duplicate = event.event_id in self.seen
         before = self.state
+        decided_at = decision_time(entry, event)
         diffs: list[Difference] = []
         if not duplicate:
             self.seen.add(event.event_id)
@@ -468,7 +469,7 @@ class Replayer:
             assert self.state is not None
             self.status = p.status
             if p.outcome == "applied":
-                outcome = evaluate(self.definition, self.state, event, now=decision_time(entry, event))
+                outcome = evaluate(self.definition, self.state, event, now=decided_at)
                 if outcome.outcome == "applied" and outcome.decision is not None:
                     self.state = outcome.decision.state
                     if self.verify:
@@ -498,7 +499,7 @@ class Replayer:
             event_type=event.type,
             event_id=event.event_id,
             occurred_at=event.occurred_at,
-            decided_at=decision_time(entry, event),
+            decided_at=decided_at,
             outcome=p.outcome,
             reason=p.reason,
             status=p.status,

@@ -29,9 +29,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _from_ms(ms: int) -> datetime:
+    """Epoch milliseconds as a UTC datetime, exactly (integer arithmetic, no float rounding)."""
+    return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
+
+
 def fired_event(timer: TimerEntry) -> TimerFired:
     """The `TimerFired` for a due timer: same timer, same event ID (dedupe makes refires no-ops)."""
-    due_at = datetime.fromtimestamp(timer.due_ms / 1000, tz=UTC)
+    due_at = _from_ms(timer.due_ms)
     return TimerFired(
         event_id=derive_id(timer.timer_id, "fired"),
         correlation_id=timer.correlation_id,
@@ -51,8 +56,7 @@ class TimerService:
 
     def now(self) -> datetime:
         """The service's clock as a UTC datetime (millisecond precision): the runtime's decision time."""
-        ms = self._clock()  # integer arithmetic: exact milliseconds, as the journal records them
-        return datetime.fromtimestamp(ms // 1000, tz=UTC) + timedelta(milliseconds=ms % 1000)
+        return _from_ms(self._clock())
 
     def due(self, stores: Mapping[int, PartitionStore], limit: int = 500) -> list[tuple[int, TimerEntry]]:
         """(partition, timer) pairs due now and not in flight; refired if still pending after a while."""

@@ -710,9 +710,11 @@ def test_decision_while_not_waiting_is_rejected() -> None:
     run = Run()
     run.to_drafting()
     before = run.s
-    d = run.feed(
-        ApprovalDecided(
-            event_id="a",
+
+    def stray(event_id: str) -> ApprovalDecided:
+        """A decision for an approval that was never requested."""
+        return ApprovalDecided(
+            event_id=event_id,
             correlation_id=CID,
             occurred_at=T0,
             payload=ApprovalDecidedPayload(
@@ -724,25 +726,12 @@ def test_decision_while_not_waiting_is_rejected() -> None:
                 decided_at=T0,
             ),
         )
-    )
+
+    d = run.feed(stray("a"))
     assert d.rejection == "not waiting for approval: no approval was requested" and d.state is before
     run.drafted()
     run.sent()
-    d = run.feed(
-        ApprovalDecided(
-            event_id="b",
-            correlation_id=CID,
-            occurred_at=T0,
-            payload=ApprovalDecidedPayload(
-                approval_id="x",
-                decision="approve",
-                reviewer="alice",
-                draft_hash="h",
-                policy_version="v",
-                decided_at=T0,
-            ),
-        )
-    )
+    d = run.feed(stray("b"))
     assert d.rejection == "late: process is already sent"
 
 
