@@ -36,9 +36,9 @@ from pm.events import (
 )
 from pm.journal import JOURNAL_TOPIC, advance, build_entry, evaluate
 from pm.kafka import make_producer
+from pm.partitioner import partition_for
 from pm.process import ProcessDefinition
 from pm.processes import CUSTOMER_EMAIL
-from pm.replay import partition_for
 from pm.topics import load_layout
 
 __all__ = ["KINDS", "Scenario", "JournalWriter", "produce_all"]
@@ -134,7 +134,7 @@ class JournalWriter:
         now = EPOCH + timedelta(seconds=i)
         first = self.scenario.email(i, kind, now=now)
         cid = first.correlation_id
-        partition = partition_for(cid, self.partitions)
+        partition = partition_for(cid.encode("utf-8"), self.partitions)
         inputs: deque[Event] = deque([first])
         record = None
         state = definition.initial_state(first)

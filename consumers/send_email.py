@@ -13,6 +13,12 @@ The Message-ID derives from the command ID (`<command_id@pm.local>`), so the rec
 side can also dedupe. Fault injection for tests and the chaos harness:
 `PM_FAULT_SEND_EMAIL=hang-after-data` makes the handler hang after the server accepted the
 message and before `sent` is recorded (kill -9 it there).
+
+The recipient is `parse_address(command.payload.to)`: exactly one plain address, no display
+name. The `To` header and the SMTP envelope recipient (RCPT TO) are that same string, so a
+spoofed value such as `"victim@shop.example" <attacker@evil.example>` or a list
+`attacker@evil.example, victim@shop.example` can never redirect the reply: it is refused as
+a PermanentError before anything is sent or recorded in the ledger.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from consumers.ledger import Ledger
 from consumers.step import PermanentError, TransientError, failed_result, result_event
 from pm.config import Config
 from pm.events import EmailSent, EmailSentPayload, Event, Step
+from pm.processes.addresses import AddressError, parse_address
 
 __all__ = [
     "SENDING",
@@ -57,11 +64,12 @@ def _angle(message_id: str) -> str:
     return message_id if message_id.startswith("<") else f"<{message_id}>"
 
 
-def build_message(command: Event, sender: str, now: datetime) -> EmailMessage:
+def build_message(command: Event, sender: str, now: datetime, *, to: str | None = None) -> EmailMessage:
+    """The reply; `To` is `to` or else `parse_address(payload.to)` (AddressError when refused)."""
     payload = command.payload
     message = EmailMessage()
     message["From"] = sender
-    message["To"] = payload.to
+    message["To"] = to if to is not None else parse_address(payload.to, field="to")
     message["Subject"] = payload.subject
     message["Message-ID"] = message_id_for(payload.command_id)
     message["Date"] = format_datetime(now)
@@ -91,8 +99,13 @@ class SendEmailHandler:
         command_id = payload.command_id
         entry = self.ledger.get(command_id)
         if entry is not None and entry.state == SENT:
+            detail = entry.detail
             return self._sent(
-                command, now, str(entry.detail["message_id"]), str(entry.detail["smtp_response"])
+                command,
+                now,
+                str(detail.get("to", payload.to)),  # the recipient recorded at `sending`
+                str(detail["message_id"]),
+                str(detail["smtp_response"]),
             )
         if entry is not None and entry.state == SENDING:
             return failed_result(
@@ -105,14 +118,19 @@ class SendEmailHandler:
                 uncertain=True,
                 errors=[f"sending since {entry.detail.get('since', '?')} to {entry.detail.get('to', '?')}"],
             )
-        message = build_message(command, self.config.reply_from, now)
+        try:
+            to = parse_address(payload.to, field="to")
+        except AddressError as exc:  # a spoofed or malformed recipient: never retried, nothing recorded
+            raise PermanentError(f"refused recipient: {exc}") from exc
+        message = build_message(command, self.config.reply_from, now, to=to)
+        _check_recipient(message, to)  # before the ledger and SMTP: a mismatch sends nothing
         smtp = self._connect()  # nothing sent yet: failures here are plain errors
         try:
             self.ledger.mark(
-                command_id, SENDING, message_id=message["Message-ID"], to=payload.to, since=now.isoformat()
+                command_id, SENDING, message_id=message["Message-ID"], to=to, since=now.isoformat()
             )
             try:
-                response = self._transaction(smtp, message)
+                response = self._transaction(smtp, message, to)
             except _Refused as refused:
                 self.ledger.mark(command_id, NOT_SENT, reason=str(refused))
                 if refused.code >= 500:
@@ -140,7 +158,7 @@ class SendEmailHandler:
                 smtp.quit()
             except (smtplib.SMTPException, OSError):
                 smtp.close()
-        return self._sent(command, now, message["Message-ID"], response)
+        return self._sent(command, now, to, message["Message-ID"], response)
 
     def _connect(self) -> smtplib.SMTP:
         config = self.config
@@ -169,12 +187,12 @@ class SendEmailHandler:
             ) from exc
         return smtp
 
-    def _transaction(self, smtp: smtplib.SMTP, message: EmailMessage) -> str:
+    def _transaction(self, smtp: smtplib.SMTP, message: EmailMessage, to: str) -> str:
         """MAIL, RCPT, DATA; returns the server's reply to DATA. `_Refused` when refused before delivery."""
         code, reply = smtp.mail(self.config.reply_from)
         if code != 250:
             raise _Refused(code, f"MAIL FROM: {code} {reply.decode(errors='replace')}")
-        code, reply = smtp.rcpt(str(message["To"]))
+        code, reply = smtp.rcpt(to)
         if code not in (250, 251):
             raise _Refused(code, f"RCPT TO: {code} {reply.decode(errors='replace')}")
         try:
@@ -183,7 +201,7 @@ class SendEmailHandler:
             raise _Refused(exc.smtp_code, f"DATA: {exc.smtp_code} {exc.smtp_error!r}") from exc
         return f"{code} {reply.decode(errors='replace')}"
 
-    def _sent(self, command: Event, now: datetime, message_id: str, smtp_response: str) -> Event:
+    def _sent(self, command: Event, now: datetime, to: str, message_id: str, smtp_response: str) -> Event:
         payload = command.payload
         return result_event(
             command,
@@ -191,12 +209,23 @@ class SendEmailHandler:
             EmailSentPayload(
                 command_id=payload.command_id,
                 attempt=payload.attempt,
-                to=payload.to,
+                to=to,  # where it went: the parsed address, not the raw `payload.to`
                 message_id=message_id,
                 smtp_response=smtp_response,
             ),
             now,
         )
+
+
+def _check_recipient(message: EmailMessage, to: str) -> None:
+    """The `To` header the reader sees must parse back to the envelope recipient (RCPT TO) exactly."""
+    headers = [str(h) for h in message.get_all("To", [])]
+    try:
+        same = headers == [to] and parse_address(headers[0], field="To header") == to
+    except AddressError:
+        same = False
+    if not same:
+        raise PermanentError(f"To header {headers!r} does not match the envelope recipient {to!r}; not sent")
 
 
 class _Refused(Exception):

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "pm.commands.run",
     "pm.commands.processes",
     "pm.commands.replay",
+    "pm.commands.acls",
 )
 
 

@@ -12,7 +12,10 @@ the correlation ID (the thread ID when given, else the message ID), UTF-8; the
 partitioner is Java's murmur2 (`murmur2_random` in librdkafka). The event ID derives
 from the message ID, so publishing the same e-mail twice is deduplicated by the PM.
 `received_at` defaults to the time of publishing when absent; `occurred_at` is
-`received_at`, so a re-published e-mail is byte-identical.
+`received_at`, so a re-published e-mail is byte-identical. `sender` and `recipient` must
+each be exactly one plain address (`pm.processes.addresses.parse_address`): a spoofed
+`"victim@shop.example" <attacker@evil.example>` or a list is refused with `InvalidEmail`.
+The fields are published as given (display names kept); consumers parse them again.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from pm import telemetry
 from pm.codec import encode
 from pm.config import Config
 from pm.errors import PmError
-from pm.events import Email, EmailReceived, EmailReceivedPayload, Event, derive_id
+from pm.events import DlqRecord, Email, EmailReceived, EmailReceivedPayload, Event, derive_id
 from pm.kafka import make_producer
+from pm.processes.addresses import AddressError, parse_address
 
 __all__ = [
     "Delivery",
@@ -88,6 +92,12 @@ def email_event(email: Mapping[str, Any] | Email, *, now: datetime | None = None
         payload = EmailReceivedPayload.model_validate(fields)
     except ValidationError as exc:
         raise InvalidEmail(describe_validation_error(exc)) from exc
+    # The schema only checks lengths; the PM and send-email trust these as one mailbox each.
+    for name in ("sender", "recipient"):
+        try:
+            parse_address(getattr(payload, name), field=name)
+        except AddressError as exc:
+            raise InvalidEmail(str(exc)) from exc
     return EmailReceived(
         event_id=derive_id("email", payload.message_id),
         correlation_id=payload.thread_id or payload.message_id,
@@ -143,6 +153,22 @@ def produce_event(
                 producer.poll(0.05)  # queue full: let deliveries drain, then retry
 
 
+def _delivered(event: Event, callback: Callable[[Delivery | DeliveryError], None]) -> DeliveryCallback:
+    def delivered(err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            callback(DeliveryError(f"{event.correlation_id}: not delivered: {err.str()}"))
+        else:
+            partition, offset = msg.partition(), msg.offset()
+            where = (
+                msg.topic() or "",
+                -1 if partition is None else partition,
+                -1 if offset is None else offset,
+            )
+            callback(Delivery(event.correlation_id, event.event_id, *where))
+
+    return delivered
+
+
 class EmailPublisher:
     """Publishes upstream e-mails to `email.received` and waits for the broker's acknowledgement."""
 
@@ -155,22 +181,21 @@ class EmailPublisher:
     ) -> EmailReceived:
         """Validate and produce without waiting; `callback` gets the Delivery or the error later (on poll/flush)."""
         event = email_event(email)
-
-        def delivered(err: KafkaError | None, msg: Message) -> None:
-            if err is not None:
-                callback(DeliveryError(f"{event.correlation_id}: not delivered: {err.str()}"))
-            else:
-                partition, offset = msg.partition(), msg.offset()
-                where = (
-                    msg.topic() or "",
-                    -1 if partition is None else partition,
-                    -1 if offset is None else offset,
-                )
-                callback(Delivery(event.correlation_id, event.event_id, *where))
-
-        produce_event(self._producer, self.config, event, on_delivery=delivered)
+        produce_event(self._producer, self.config, event, on_delivery=_delivered(event, callback))
         self._producer.poll(0)
         return event
+
+    def submit_dead_letter(
+        self,
+        record: DlqRecord,
+        headers: telemetry.Headers,
+        callback: Callable[[Delivery | DeliveryError], None],
+    ) -> None:
+        """Produce a `pm.dlq` record (from `pm.dlq.dead_letter`) for input that could not be published."""
+        produce_event(
+            self._producer, self.config, record, headers=headers, on_delivery=_delivered(record, callback)
+        )
+        self._producer.poll(0)
 
     def publish(self, email: Mapping[str, Any] | Email, timeout: float = 30.0) -> Delivery:
         """Validate, produce and wait until the broker has it; raises InvalidEmail or DeliveryError."""

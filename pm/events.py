@@ -466,6 +466,10 @@ class ApprovalDecidedPayload(Model):
     policy_version: str
     reason: str | None = None
     edited_body: str | None = None
+    # An edit's money claims, signed with it (schema v2); None keeps the draft's claims. The guard
+    # checks the edited text against them: an amount the text states must be the declared refund.
+    edited_refund_cents: int | None = Field(default=None, ge=0, le=MAX_CENTS)
+    edited_promises: list[str] | None = None
     decided_at: Timestamp
     key_id: str = ""
     signature: str = ""  # hex HMAC-SHA256 over the canonical payload with signature=""
@@ -498,6 +502,7 @@ class ApprovalReminder(Event):
 @event_type
 class ApprovalDecided(Event):
     TYPE = "ApprovalDecided"
+    SCHEMA_VERSION = 2  # edits gained signed money claims (schemas/v1/ keeps version 1)
     TOPIC = "approvals"
     payload: ApprovalDecidedPayload
 

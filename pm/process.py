@@ -27,7 +27,15 @@ __all__ = [
     "Decision",
     "ProcessDefinition",
     "Upcaster",
+    "InvalidInput",
 ]
+
+
+class InvalidInput(ValueError):
+    """Raised by `initial_state` for a start event that must not open a process (hostile or malformed).
+
+    The runtime sends the record to the DLQ with this message as the reason; the partition keeps flowing.
+    """
 
 
 class Status(StrEnum):
@@ -89,7 +97,7 @@ class ProcessDefinition(Protocol[S]):
         ...
 
     def initial_state(self, event: Event) -> S:
-        """The state before the starting event is decided."""
+        """The state before the starting event is decided; `InvalidInput` refuses the event (DLQ)."""
         ...
 
     def decide(self, state: S, event: Event, now: datetime) -> Decision[S]:

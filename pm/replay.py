@@ -38,6 +38,7 @@ from pm.journal import (
     journal_partitions,
 )
 from pm.kafka import make_consumer
+from pm.partitioner import partition_for
 from pm.process import Decision, ProcessDefinition, ProcessState, Status
 from pm.registry import Registry, RegistryError
 
@@ -52,8 +53,6 @@ __all__ = [
     "WhatIfProcess",
     "WhatIfReport",
     "Progress",
-    "murmur2",
-    "partition_for",
     "deployed_registry",
     "load_definition",
     "records_for",
@@ -75,36 +74,6 @@ class ReplayError(PmError, LookupError):
 # ---------------------------------------------------------------- partitioning and reading
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's Java murmur2 (what `partitioner=murmur2_random` uses for keyed records)."""
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = data[i] | (data[i + 1] << 8) | (data[i + 2] << 16) | (data[i + 3] << 24)
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail, rest = length & ~3, length % 4
-    if rest >= 3:
-        h ^= data[tail + 2] << 16
-    if rest >= 2:
-        h ^= data[tail + 1] << 8
-    if rest >= 1:
-        h ^= data[tail]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-def partition_for(key: str, partitions: int) -> int:
-    """The journal partition of a correlation ID (every PM input and the journal are co-partitioned)."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
-
-
 def records_for(
     config: Config, correlation_id: str, *, idle_timeout: float = 30.0
 ) -> Iterator[JournalRecord]:
@@ -112,7 +81,7 @@ def records_for(
     partitions = journal_partitions(config)
     if not partitions:
         return
-    partition = partition_for(correlation_id, len(partitions))
+    partition = partition_for(correlation_id.encode("utf-8"), len(partitions))
     for record in iter_journal(config, [partition], idle_timeout=idle_timeout, decode_events=False):
         if record.entry.correlation_id == correlation_id:
             yield JournalRecord(

@@ -251,11 +251,34 @@ class ReviewClient:
             raise ReviewError("a rejection needs a reason (--reason TEXT)")
         return self._decide(approval_id, reviewer, "reject", reason=reason, force=force)
 
-    def edit(self, approval_id: str, reviewer: str, body: str, *, force: bool = False) -> Published:
-        """Approve with a corrected reply body; the PM runs the guard on it before anything is sent."""
+    def edit(
+        self,
+        approval_id: str,
+        reviewer: str,
+        body: str,
+        *,
+        refund_cents: int | None = None,
+        promises: list[str] | None = None,
+        force: bool = False,
+    ) -> Published:
+        """Approve with a corrected reply body; the PM runs the guard on it before anything is sent.
+
+        `refund_cents` / `promises` declare the edit's money claims (signed with it); None keeps the
+        draft's. An amount the edited text states must equal the declared refund, or the PM refuses it.
+        """
         if not body.strip():
             raise ReviewError("an edit needs the corrected reply text (it is empty)")
-        return self._decide(approval_id, reviewer, "edit", edited_body=body, force=force)
+        if refund_cents is not None and refund_cents < 0:
+            raise ReviewError(f"--refund-cents must be 0 or more, not {refund_cents}")
+        return self._decide(
+            approval_id,
+            reviewer,
+            "edit",
+            edited_body=body,
+            edited_refund_cents=refund_cents,
+            edited_promises=promises,
+            force=force,
+        )
 
     def _decide(
         self,
@@ -265,6 +288,8 @@ class ReviewClient:
         *,
         reason: str | None = None,
         edited_body: str | None = None,
+        edited_refund_cents: int | None = None,
+        edited_promises: list[str] | None = None,
         force: bool,
     ) -> Published:
         if not reviewer.strip():
@@ -283,6 +308,8 @@ class ReviewClient:
             policy_version=payload.policy_version,
             reason=reason,
             edited_body=edited_body,
+            edited_refund_cents=edited_refund_cents,
+            edited_promises=edited_promises,
             key_id=key_id,
             secret=secret,
             causation_id=record.request.event_id,

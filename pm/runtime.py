@@ -3,7 +3,8 @@
 Commit order of one batch (`ProcessManager.run_once`), modelled on Quix
 Streams' checkpoint:
 
-1. `begin_transaction`; for each input record: decode (bad -> `pm.dlq`), drop
+1. `begin_transaction`; for each input record: decode, check that it is keyed by
+   its correlation ID on that key's partition (`pm.integrity`; bad -> `pm.dlq`), drop
    duplicates (event ID already applied to that process), decide, produce the
    journal entry, the commands and the published events. Due timers produce
    their `TimerFired` in the same transaction.
@@ -49,6 +50,7 @@ from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
 from pm.events import ApprovalDecided, Event, JournalEntry
 from pm.heap import trim_heap
+from pm.integrity import record_problem, shown
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalError,
@@ -63,11 +65,11 @@ from pm.journal import (
     iter_journal,
 )
 from pm.kafka import make_admin, make_consumer, make_transactional_producer
-from pm.process import ProcessDefinition, Status
+from pm.process import InvalidInput, ProcessDefinition, Status
 from pm.registry import Registry
 from pm.store import PartitionStore, StoreError, StoreWrite, TimerEntry, store_path
 from pm.timers import TimerService, fired_event
-from pm.topics import PM_INPUT_TOPICS, check_topics
+from pm.topics import PM_INPUT_TOPICS, check_topics, load_layout
 
 __all__ = [
     "ProcessManager",
@@ -215,6 +217,8 @@ class ProcessManager:
         # than a step timeout is finally decided with its first, old time (README, known limits).
         self._retry_times: dict[tuple[str, int, int], datetime] = {}
         self._journal_topic_id: str | None = None
+        # Physical input topic -> the partition count its records are placed by (see start()).
+        self._partitions: dict[str, int] = {}
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self.assignments = 0  # completed assignments (stores open and caught up): tests and demos wait on it
@@ -242,9 +246,15 @@ class ProcessManager:
         return f"{self.config.topic_prefix}pm"
 
     def start(self) -> None:
-        problems = check_topics(self.config)
+        layout = load_layout()
+        problems = check_topics(self.config, layout)
         if problems:
             raise PmError("the topics do not fit the process manager:\n  " + "\n  ".join(problems))
+        # The partition count records are checked against (record_problem): topics.yaml's, which
+        # check_topics just verified the broker has. Not live metadata: partitions an operator adds
+        # later move keys (hash mod n changes) while the stores and journal stay placed by the old
+        # count, so records routed by the new count must be refused, not decided on a foreign store.
+        self._partitions = {self.config.topic(t): layout.spec(t).partitions for t in PM_INPUT_TOPICS}
         self._journal_topic_id = self._topic_id(self.config.topic(JOURNAL_TOPIC))
         # The producer first: init_transactions fences and aborts what a previous run of this
         # instance left open, which would otherwise hold read_committed (and our catch-up) back.
@@ -564,6 +574,13 @@ class ProcessManager:
             self._dlq(batch, message, str(exc), type(exc).__name__)
             return
         correlation_id = event.correlation_id
+        # The key decides the partition, the partition decides the store: a record not keyed by its
+        # correlation ID, or not where that key hashes, would split its process. Refuse it.
+        problem = record_problem(message.key(), partition, self._partition_count(physical), correlation_id)
+        if problem is not None:
+            batch.consumed(physical, partition, offset)
+            self._dlq(batch, message, problem[1], problem[0])
+            return
         before, definition = self._lookup(batch, correlation_id, partition)
         if before is not None and before.seen(event.event_id):
             batch.consumed(physical, partition, offset)
@@ -578,7 +595,7 @@ class ProcessManager:
                 self._dlq(
                     batch,
                     message,
-                    f"no process with correlation ID {correlation_id!r}, and a {event.type} does not start one",
+                    f"no process with correlation ID {shown(correlation_id)}, and a {event.type} does not start one",
                     "UnknownProcess",
                 )
                 return
@@ -589,6 +606,10 @@ class ProcessManager:
             definition = starter
             try:
                 state = definition.initial_state(event)
+            except InvalidInput as exc:  # the definition refuses this start event: not a bug
+                batch.consumed(physical, partition, offset)
+                self._dlq(batch, message, f"{definition.name}: {exc}", "InvalidInput")
+                return
             except Exception as exc:  # a definition bug on a start event: nothing to fail yet, so DLQ it
                 batch.consumed(physical, partition, offset)
                 self._dlq(batch, message, f"{definition.name}.initial_state: {exc}", type(exc).__name__)
@@ -740,12 +761,20 @@ class ProcessManager:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def _partition_count(self, physical: str) -> int:
+        count = self._partitions.get(physical)
+        if count is None:  # only subscribed topics are consumed, and start() knows them all
+            raise PmError(f"record from {physical}, which is not a process manager input")
+        return count
+
     def _fire(self, batch: Batch, partition: int, timer: TimerEntry) -> None:
         event = fired_event(timer)
         self._produce(
             self.config.topic(TIMERS_TOPIC),
             encode(event),
             key=timer.correlation_id,
+            # The store's partition, which is partition_for(correlation ID): a process is only created
+            # from a record that passed record_problem there, so the TimerFired passes it too.
             partition=partition,
             headers=self._trace_headers(),
             on_delivery=batch.on_delivery,

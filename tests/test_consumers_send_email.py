@@ -17,11 +17,14 @@ from consumer_kit import Reader, produce, running, send_email
 
 from consumers import load_handler
 from consumers.base import StepConsumer
-from consumers.send_email import FAULT_ENV, message_id_for
+from consumers.ledger import Ledger
+from consumers.send_email import FAULT_ENV, SendEmailHandler, message_id_for
 from consumers.smtp_sink import SmtpSink
+from consumers.step import PermanentError
 from pm.broker import free_port
 from pm.config import Config
 from pm.events import EmailSent, StepFailed
+from pm.processes.addresses import parse_address
 
 
 @pytest.fixture
@@ -47,6 +50,58 @@ def test_sent_once_even_when_redelivered(topics: Config, sink: SmtpSink) -> None
     assert message["Message-ID"] == result.payload.message_id and message["To"] == "jane@example.com"
     assert message["From"] == "support@shop.example" and message["In-Reply-To"] == "<m1@mail.example>"
     assert message["References"] == "<m1@mail.example>"
+
+
+SPOOFED_RECIPIENTS = [
+    '"victim@shop.example" <attacker@evil.example>',  # display name posing as the customer
+    "attacker@evil.example, victim@shop.example",  # smtplib would deliver to both
+    "victim@shop.example <attacker@evil.example>",
+    "jane@example.com\r\nBcc: x@evil.example",  # header injection
+    "undisclosed: a@x.example, b@y.example;",
+]
+
+
+@pytest.mark.parametrize("to", SPOOFED_RECIPIENTS)
+def test_refused_recipient_sends_nothing_and_leaves_the_ledger_alone(
+    tmp_path: Path, sink: SmtpSink, to: str
+) -> None:
+    config = Config(smtp_port=sink.port, state_dir=tmp_path / "state")
+    handler = SendEmailHandler(config)
+    ledger = Ledger(tmp_path / "ledger")
+    handler.use_ledger(ledger)
+    command = send_email(to=to)
+    try:
+        with pytest.raises(PermanentError, match=r"refused recipient: to: "):
+            handler.handle(command, command.occurred_at)
+        assert ledger.get(command.payload.command_id) is None  # no `sending`: nothing is uncertain
+    finally:
+        ledger.close()
+    assert sink.messages() == []
+
+
+def test_spoofed_recipient_is_a_failed_result_and_a_plain_one_is_delivered(
+    topics: Config, sink: SmtpSink
+) -> None:
+    config = replace(topics, smtp_port=sink.port, reply_from="support@shop.example")
+    reader = Reader(config)
+    spoofed = send_email(to='"victim@shop.example" <attacker@evil.example>')
+    listed = send_email(to="attacker@evil.example, victim@shop.example")
+    plain = send_email(to="Jane Doe <Jane@Example.com>")
+    with running(StepConsumer(config, load_handler("send-email", config))):
+        produce(config, spoofed, listed, plain)
+        results = {event.correlation_id: event for event in reader.take(3)}
+    for refused in (spoofed, listed):
+        result = results[refused.correlation_id]
+        assert isinstance(result, StepFailed)
+        assert not result.payload.retryable and not result.payload.uncertain
+        assert "refused recipient: to: " in result.payload.reason
+    delivered = results[plain.correlation_id]
+    assert isinstance(delivered, EmailSent) and delivered.payload.to == "jane@example.com"
+    (message,) = sink.messages()  # only the plain one reached the SMTP server
+    assert message["To"] == "jane@example.com"  # the bare address: no display name is copied
+    assert message["X-Envelope-To"] == message["To"]  # the envelope goes where the header says
+    assert parse_address(message["X-Envelope-To"]) == parse_address(message["To"])
+    assert message["Message-ID"] == message_id_for(plain.payload.command_id)
 
 
 def test_smtp_down_is_retried_then_retryable(topics: Config) -> None:

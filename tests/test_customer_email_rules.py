@@ -346,7 +346,8 @@ def test_happy_path_without_approval() -> None:
 
     d = run.drafted()
     send = only(d, SendEmail)
-    assert send.payload.to == f"Jane Doe <{CUSTOMER}>" and send.payload.body == GOOD_BODY
+    # The reply goes to the parsed address alone (sender was "Jane Doe <jane@example.com>").
+    assert send.payload.to == CUSTOMER and send.payload.body == GOOD_BODY
     assert send.payload.subject == "Re: Where is my order?" and send.payload.in_reply_to == CID
     assert send.event_id == command_id(CID, Step.SEND_EMAIL, 1) and d.publish == ()
     assert run.s.stage == "sending"
@@ -369,7 +370,12 @@ def test_refund_path_waits_for_approval_then_sends_once() -> None:
     assert req.event_id == derive_id(CID, "ApprovalRequested", p.approval_id)
     assert p.draft == REFUND_DRAFT and p.draft_hash == draft_hash(REFUND_DRAFT)
     assert p.policy_version == "refund-v3" and p.intent == "refund_request" and p.order == ORDER
-    assert p.reasons == ["refund intent (refund_request)", "offers a refund of 900 cents"]
+    assert p.reasons == [
+        "refund intent (refund_request)",
+        "offers a refund of 900 cents",
+        "makes promises: refund_shipping",
+        "the reply mentions money, a refund or a commitment (amounts 9.00 usd; terms refund)",
+    ]
     assert p.guard_verdict == [] and p.requested_at == run.at(1)
     assert p.deadline == run.at(1) + APPROVAL_TIMEOUT
     assert run.s.status is Status.WAITING_FOR_APPROVAL and run.s.stage == "awaiting_approval"

@@ -18,6 +18,7 @@ from pm.codec import decode
 from pm.config import Config
 from pm.events import DlqRecord, EmailReceived, FetchOrder, derive_id
 from pm.kafka import make_consumer, make_producer
+from pm.processes.addresses import parse_address
 
 PARTITIONS = 6  # email.received in topics.yaml
 
@@ -153,6 +154,87 @@ def test_emit_file_publishes_good_lines_and_reports_bad_ones(
     assert (
         abs((datetime.now(UTC) - events["<msg-2@mail.example.com>"].payload.received_at).total_seconds()) < 60
     )
+
+
+def test_emit_dead_letters_spoofed_and_broken_lines_and_publishes_the_rest(
+    topics: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spoofed = json.dumps(_email(2, sender='"victim@shop.example" <attacker@evil.example>'))
+    listed = json.dumps(_email(3, recipient="support@shop.example.com, attacker@evil.example"))
+    lines = [
+        json.dumps(_email(1, sender="Jane Doe <Jane@Example.com>")),  # a display name is fine
+        spoofed,
+        listed,
+        '{"message_id": ',
+        json.dumps(_email(5)),
+    ]
+    path = tmp_path / "emails.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"sender": "\xff"}\n')  # line 6: not UTF-8
+    rc = main(
+        [
+            "emit",
+            "email",
+            "--file",
+            str(path),
+            "--bootstrap",
+            topics.bootstrap,
+            "--prefix",
+            topics.topic_prefix,
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert rc == 1
+    assert [int(m.group(1)) for m in map(_PRINTED.match, out.splitlines()) if m] == [1, 5]
+    assert "line 2: invalid e-mail: sender: display name 'victim@shop.example' looks like an address" in err
+    assert "line 3: invalid e-mail: recipient: 2 addresses, exactly one allowed" in err
+    assert "line 4: not JSON" in err and "line 6: not JSON: not UTF-8" in err
+    dlq = topics.topic("pm.dlq")
+    assert re.search(rf"line 2: dead-lettered -> {re.escape(dlq)}\[\d+\]@\d+", err)
+    assert f"2 published, 4 bad line(s) (4 to {dlq}), 0 not delivered" in err
+
+    published = [decode(m.value() or b"") for m in consume(topics, "email.received", 2)]
+    assert sorted(e.payload.message_id for e in published if isinstance(e, EmailReceived)) == [
+        "<msg-1@mail.example.com>",
+        "<msg-5@mail.example.com>",
+    ]
+    dead: dict[int, tuple[DlqRecord, dict[str, str | bytes | None]]] = {}
+    for message in consume(topics, "pm.dlq", 4):
+        record = decode(message.value() or b"")
+        assert isinstance(record, DlqRecord)
+        dead[record.payload.source_offset] = (record, dict(message.headers() or []))
+    assert sorted(dead) == [2, 3, 4, 6]
+    record, headers = dead[2]
+    assert record.payload.source_topic == "email.received" and record.payload.source_partition == -1
+    assert record.payload.key is None and record.payload.value == spoofed.encode()
+    assert record.payload.error_type == "InvalidEmail" and record.payload.failed_by == "pm emit"
+    assert record.payload.reason.startswith("invalid e-mail: sender: display name 'victim@shop.example'")
+    assert headers["dlq.error_type"] == b"InvalidEmail" and headers["dlq.source"] == b"email.received/-1/2"
+    assert headers["dlq.reason"] == record.payload.reason.encode()
+    assert (
+        dead[3][0].payload.value == listed.encode() and "recipient: 2 addresses" in dead[3][0].payload.reason
+    )
+    assert dead[4][0].payload.error_type == "InvalidJson" and dead[4][0].payload.value == b'{"message_id": '
+    assert dead[6][0].payload.value == b'{"sender": "\xff"}'  # the bytes as read, not a decoding of them
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("sender", '"victim@shop.example" <attacker@evil.example>', "sender: display name"),
+        ("sender", "attacker@evil.example, victim@shop.example", "sender: 2 addresses, exactly one allowed"),
+        ("sender", "jane@example.com\r\nBcc: x@evil.example", "sender: control character U+000D"),
+        ("recipient", "support@localhost", "recipient: domain 'localhost' has no dot"),
+    ],
+)
+def test_email_event_refuses_spoofed_addresses(field: str, value: str, reason: str) -> None:
+    with pytest.raises(InvalidEmail, match=re.escape(reason)):
+        email_event(_email(1, **{field: value}))
+
+
+def test_email_event_keeps_a_display_name_as_given() -> None:
+    event = email_event(_email(1, sender="Jane Doe <Jane@Example.com>"))
+    assert event.payload.sender == "Jane Doe <Jane@Example.com>"  # published as sent; parsed where used
+    assert parse_address(event.payload.sender) == "jane@example.com"
 
 
 def test_emit_from_stdin_all_good_exits_zero(

@@ -117,7 +117,8 @@ def test_each_rule(changes: dict[str, Any], expected: str) -> None:
 
 
 def test_shipping_refund_needs_a_policy_that_refunds_shipping() -> None:
-    draft = PASSING.model_copy(update={"refund_cents": 700, "promises": ["refund_shipping"]})
+    body = BODY.replace("30.00 USD", "the 7.00 USD shipping cost")
+    draft = PASSING.model_copy(update={"body": body, "refund_cents": 700, "promises": ["refund_shipping"]})
     assert check_draft(draft, order=ORDER, policy=POLICY, email=EMAIL) == []
     strict = POLICY.model_copy(update={"refund_shipping": False, "allowed_promises": ["refund_shipping"]})
     violations = check_draft(draft, order=ORDER, policy=strict, email=EMAIL)
@@ -152,7 +153,8 @@ def test_schema_violations_of_raw_model_output() -> None:
 
 
 def test_several_violations_are_all_reported() -> None:
-    assert len(check(refund_cents=9999, promises=["refund", "teleport"], order_id="X")) == 3
+    # order ID, promise, refund above policy, and the text's 30.00 USD is not the declared 9999 cents
+    assert len(check(refund_cents=9999, promises=["refund", "teleport"], order_id="X")) == 4
 
 
 def test_draft_hash_is_canonical_and_sensitive() -> None:
@@ -187,12 +189,12 @@ def test_customer_helpers() -> None:
 )
 def test_body_offering_money_the_claims_do_not_declare_is_a_violation(sentence: str) -> None:
     draft = _undeclared_money_draft(sentence)
-    assert any("money amount" in v for v in check_draft(draft, order=ORDER, policy=POLICY))
+    assert any(v.startswith("body states") for v in check_draft(draft, order=ORDER, policy=POLICY))
 
 
 def test_body_without_amounts_and_no_refund_passes_that_rule() -> None:
     draft = _undeclared_money_draft("Your parcel is on its way; order 12 days ago is fine.")
-    assert not any("money amount" in v for v in check_draft(draft, order=ORDER, policy=POLICY))
+    assert not any(v.startswith("body states") for v in check_draft(draft, order=ORDER, policy=POLICY))
 
 
 def _undeclared_money_draft(sentence: str) -> Draft:

@@ -45,6 +45,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     reject.set_defaults(handler=_reject)
     edit = decision_parser("edit", "send a corrected reply instead (it must pass the guard)")
     edit.add_argument("--file", required=True, help="the corrected reply body; '-' reads stdin")
+    edit.add_argument(
+        "--refund-cents",
+        type=int,
+        default=None,
+        help="the refund the edited reply offers, in cents (signed; default: the draft's). "
+        "Any amount the text states must equal it",
+    )
+    edit.add_argument(
+        "--promise",
+        action="append",
+        default=None,
+        dest="promises",
+        help="a promise code the edited reply makes, e.g. refund_shipping (repeatable; default: the draft's)",
+    )
     edit.set_defaults(handler=_edit)
 
     keygen = actions.add_parser("keygen", parents=[common], help="create the local signing key (state dir)")
@@ -147,7 +161,16 @@ def _edit(args: argparse.Namespace, config: Config) -> int:
         except OSError as exc:
             raise ReviewError(f"cannot read the edited reply {args.file}: {exc}") from exc
     client = _decider(args, config)
-    return _print_published(client.edit(args.approval_id, args.reviewer, body, force=args.force))
+    return _print_published(
+        client.edit(
+            args.approval_id,
+            args.reviewer,
+            body,
+            refund_cents=args.refund_cents,
+            promises=args.promises,
+            force=args.force,
+        )
+    )
 
 
 def _decider(args: argparse.Namespace, config: Config) -> ReviewClient:

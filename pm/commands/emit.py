@@ -5,25 +5,32 @@ Each non-blank line is one JSON object with the EmailReceived fields: `message_i
 and `received_at` (ISO-8601; the time of publishing when absent). Valid lines are
 produced to `email.received` keyed by the correlation ID (thread ID, else message ID);
 after every line has been read, the command waits for the broker and prints one line
-per e-mail: `line N: CORRELATION_ID -> TOPIC[PARTITION]@OFFSET`. A bad line is reported
-on stderr with its number and reason, the others are still published, and the exit
-status is 1.
+per e-mail: `line N: CORRELATION_ID -> TOPIC[PARTITION]@OFFSET`. A bad line (not UTF-8
+JSON, or an invalid e-mail such as a spoofed sender) is reported on stderr with its number
+and reason and also produced to `pm.dlq` as a DlqRecord (source `email.received`, partition
+-1, offset = the line number, value = the line), so it is not lost; the others are still
+published, and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TextIO
 
+from pm import telemetry
 from pm.client import Delivery, DeliveryError, EmailPublisher, InvalidEmail
 from pm.config import Config
+from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
+from pm.events import EmailReceived, derive_id
 
 __all__ = ["register"]
 
@@ -46,35 +53,89 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     email.set_defaults(handler=_emit_email)
 
 
+FAILED_BY = "pm emit"
+
+
 @contextmanager
 def _open(name: str) -> Iterator[TextIO]:
+    # surrogateescape: a line that is not UTF-8 becomes one bad line (dead-lettered with its
+    # original bytes), not a traceback that loses the rest of the file.
     if name == "-":
-        yield sys.stdin
+        stdin = sys.stdin
+        if isinstance(stdin, io.TextIOWrapper):
+            stdin.reconfigure(encoding="utf-8", errors="surrogateescape")  # JSON is UTF-8
+        yield stdin
         return
     try:
-        with Path(name).open(encoding="utf-8") as handle:
+        with Path(name).open(encoding="utf-8", errors="surrogateescape") as handle:
             yield handle
     except OSError as exc:
         raise PmError(f"cannot read {name}: {exc.strerror or exc}") from exc
 
 
+Callback = Callable[[Delivery | DeliveryError], None]
+
+
+def _submit(publisher: EmailPublisher, line: str, callback: Callback) -> tuple[str, str] | None:
+    """Produce the e-mail on `line`; None when submitted, else the bad line's (error type, reason)."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError as exc:  # surrogate-escaped bytes: the line was not UTF-8
+        return "InvalidJson", f"not JSON: not UTF-8 (column {exc.start + 1})"
+    try:
+        data = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return "InvalidJson", f"not JSON: {exc.msg} (column {exc.colno})"
+    except RecursionError:
+        return "InvalidJson", "not JSON: nested too deeply"
+    try:
+        publisher.submit(data, callback)
+    except InvalidEmail as exc:
+        return "InvalidEmail", f"invalid e-mail: {exc}"
+    return None
+
+
+def _dead_letter(
+    publisher: EmailPublisher, number: int, line: str, reason: str, error_type: str, callback: Callback
+) -> None:
+    """The bad line to `pm.dlq`: source email.received, partition -1, offset = line number."""
+    value = line.removesuffix("\n").encode("utf-8", "surrogateescape")  # the bytes as read
+    record, headers = dead_letter(
+        EmailReceived.TOPIC,
+        -1,
+        number,
+        None,
+        value,
+        reason=reason,
+        error_type=error_type,
+        failed_by=FAILED_BY,
+        now=datetime.now(UTC),
+    )
+    # Line N of every file shares the source position: the line's bytes make the event ID unique.
+    record = record.model_copy(update={"event_id": derive_id("dlq", FAILED_BY, number, value.hex())})
+    publisher.submit_dead_letter(record, headers, callback)
+    telemetry.dlq_records().add(
+        1, {"messaging.destination.name": EmailReceived.TOPIC, "error.type": error_type}
+    )
+
+
 def _emit_email(args: argparse.Namespace, config: Config) -> int:
     results: dict[int, Delivery | DeliveryError] = {}
+    dead: dict[int, Delivery | DeliveryError] = {}
     bad = 0
     publisher = EmailPublisher(config)
     with _open(args.file) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            try:
-                data = json.loads(line)
-                publisher.submit(data, functools.partial(results.__setitem__, number))
-            except json.JSONDecodeError as exc:
+            problem = _submit(publisher, line, functools.partial(results.__setitem__, number))
+            if problem is not None:
                 bad += 1
-                print(f"line {number}: not JSON: {exc.msg} (column {exc.colno})", file=sys.stderr)
-            except InvalidEmail as exc:
-                bad += 1
-                print(f"line {number}: invalid e-mail: {exc}", file=sys.stderr)
+                error_type, reason = problem
+                print(f"line {number}: {reason}", file=sys.stderr)
+                _dead_letter(
+                    publisher, number, line, reason, error_type, functools.partial(dead.__setitem__, number)
+                )
     pending = publisher.flush(args.timeout)
     failed = 0
     for number in sorted(results):
@@ -86,8 +147,22 @@ def _emit_email(args: argparse.Namespace, config: Config) -> int:
             print(
                 f"line {number}: {result.correlation_id} -> {result.topic}[{result.partition}]@{result.offset}"
             )
+    dead_lettered = 0
+    for number in sorted(dead):
+        result = dead[number]
+        if isinstance(result, DeliveryError):
+            failed += 1
+            print(f"line {number}: dead letter {result}", file=sys.stderr)
+        else:
+            dead_lettered += 1
+            where = f"{result.topic}[{result.partition}]@{result.offset}"
+            print(f"line {number}: dead-lettered -> {where}", file=sys.stderr)
     if pending:
-        print(f"{pending} e-mail(s) not acknowledged within {args.timeout:g} s", file=sys.stderr)
-    total = len(results) - failed
-    print(f"{total} published, {bad} bad line(s), {failed + pending} not delivered", file=sys.stderr)
+        print(f"{pending} record(s) not acknowledged within {args.timeout:g} s", file=sys.stderr)
+    published = sum(isinstance(r, Delivery) for r in results.values())
+    print(
+        f"{published} published, {bad} bad line(s) ({dead_lettered} to {config.topic(DLQ_TOPIC)}), "
+        f"{failed + pending} not delivered",
+        file=sys.stderr,
+    )
     return 1 if bad or failed or pending else 0

@@ -67,8 +67,10 @@ from pm.events import (
     command_id,
     derive_id,
 )
-from pm.process import Decision, ProcessState, Status, Upcaster
-from pm.processes.guard import check_draft, draft_hash, order_belongs_to
+from pm.integrity import shown
+from pm.process import Decision, InvalidInput, ProcessState, Status, Upcaster
+from pm.processes.addresses import AddressError, parse_address
+from pm.processes.guard import draft_hash, money_in_text, order_belongs_to, review_draft
 
 __all__ = [
     "NAME",
@@ -82,6 +84,7 @@ __all__ = [
     "APPROVAL_TIMEOUT",
     "KNOWN_INTENTS",
     "REFUND_INTENTS",
+    "UNRISKY",
     "SEND_UNCERTAIN",
     "Budgets",
     "Stage",
@@ -130,9 +133,12 @@ APPROVAL_TIMEOUT = timedelta(hours=24)
 
 # Intents the process answers; anything else ("other", unknown) goes to a human.
 KNOWN_INTENTS = frozenset({"refund_request", "delivery_status", "complaint"})
-# Intents whose reply always needs a human approval (so does risk "high", and any draft offering money).
+# Intents whose reply always needs a human approval (so does any risk but low/medium, any claimed
+# refund or promise, any money, refund or commitment in the text, and a money repair).
 REFUND_INTENTS = frozenset({"refund_request"})
+UNRISKY = frozenset({"low", "medium"})
 SEND_UNCERTAIN = "send uncertain: a human must check the mailbox"
+MAX_HEADER_CHARS = 998  # RFC 5322 line limit: message IDs and the subject go into reply headers
 
 Stage = Literal["received", "classifying", "fetching", "drafting", "awaiting_approval", "sending", "done"]
 
@@ -190,6 +196,8 @@ class EmailState(ProcessState):
     draft: Draft | None = None  # the latest draft (the one approved / sent once it passed the guard)
     violations: list[str] = Field(default_factory=list)  # guard findings sent back with the next draft
     repairs: int = 0
+    # A draft once broke a money/promise rule: whatever the model drafts next, a human approves it.
+    money_repair: bool = False
     attempts: dict[str, int] = Field(default_factory=dict)  # step -> last attempt issued
     retries: dict[str, int] = Field(default_factory=dict)  # step -> retries used
     pending: dict[str, str] = Field(default_factory=dict)  # step -> command_id awaiting its result
@@ -271,11 +279,27 @@ class CustomerEmailProcess:
         return isinstance(event, EmailReceived)
 
     def initial_state(self, event: Event) -> EmailState:
-        assert isinstance(event, EmailReceived)
-        return EmailState(
-            correlation_id=event.correlation_id,
-            email=Email.model_validate(event.payload.model_dump()),
-        )
+        if not isinstance(event, EmailReceived):
+            raise InvalidInput(f"a {event.type} does not start {NAME}")
+        email = Email.model_validate(event.payload.model_dump())
+        # The thread (or, without one, the message) is the process: anything else splits or hijacks one.
+        if event.correlation_id not in (email.thread_id, email.message_id):
+            raise InvalidInput(
+                f"correlation ID {shown(event.correlation_id)} is neither the e-mail's thread ID "
+                "nor its message ID"
+            )
+        # These become reply headers (In-Reply-To, Subject): refuse injection here, not at send time.
+        for name, value in (("message_id", email.message_id), ("thread_id", email.thread_id or ""),
+                            ("subject", email.subject)):  # fmt: skip
+            if len(value) > MAX_HEADER_CHARS or any(ch < " " or ch == "\x7f" for ch in value):
+                raise InvalidInput(f"{name} {shown(value)} has control characters or is over {MAX_HEADER_CHARS}")
+        # The reply goes to the one parsed sender address; an e-mail without one never starts a process.
+        try:
+            parse_address(email.sender, field="sender")
+            parse_address(email.recipient, field="recipient")
+        except AddressError as exc:
+            raise InvalidInput(str(exc)) from exc
+        return EmailState(correlation_id=event.correlation_id, email=email)
 
     def decide(self, state: EmailState, event: Event, now: datetime) -> Decision[EmailState]:
         if isinstance(event, ApprovalDecided):
@@ -352,8 +376,15 @@ class CustomerEmailProcess:
 
     def _on_draft(self, state: EmailState, draft: Draft, fx: _Effects) -> EmailState:
         assert state.order is not None and state.policy is not None
-        violations = check_draft(draft, order=state.order, policy=state.policy, email=state.email)
-        state = state.model_copy(update={"draft": draft, "violations": violations})
+        verdict = review_draft(draft, order=state.order, policy=state.policy, email=state.email)
+        violations = verdict.violations
+        state = state.model_copy(
+            update={
+                "draft": draft,
+                "violations": violations,
+                "money_repair": state.money_repair or bool(verdict.money),
+            }
+        )
         if violations:
             return self._repair(state, f"draft failed the guard: {'; '.join(violations)}", fx)
         reasons = self._approval_reasons(state, draft)
@@ -387,14 +418,25 @@ class CustomerEmailProcess:
     # ------------------------------------------------------------ approval
 
     def _approval_reasons(self, state: EmailState, draft: Draft) -> list[str]:
+        """Why a human must approve this reply: deterministic rules over what will be sent, and the claims.
+
+        The model's claims can only add reasons, never remove one: the text itself is checked.
+        """
         assert state.classification is not None
         reasons = []
         if state.classification.intent in REFUND_INTENTS:
             reasons.append(f"refund intent ({state.classification.intent})")
-        if state.classification.risk == "high":
-            reasons.append("high risk")
+        if state.classification.risk not in UNRISKY:
+            reasons.append(f"{state.classification.risk[:40]} risk")
         if draft.refund_cents > 0:
             reasons.append(f"offers a refund of {draft.refund_cents} cents")
+        if draft.promises:
+            reasons.append(f"makes promises: {', '.join(p[:40] for p in draft.promises[:5])}")
+        money = money_in_text(reply_subject(state.email.subject), draft.body)
+        if money is not None:
+            reasons.append(f"the reply mentions money, a refund or a commitment ({money})")
+        if state.money_repair:
+            reasons.append("a draft was repaired for a money or promise violation")
         return reasons
 
     def _request_approval(
@@ -474,9 +516,15 @@ class CustomerEmailProcess:
         if p.decision == "edit":
             if not p.edited_body:
                 return refuse("edit without an edited body")
-            # Same structured claims, the reviewer's text; it must pass the same guard.
-            draft = draft.model_copy(update={"body": p.edited_body})
-            violations = check_draft(draft, order=order, policy=policy, email=state.email)
+            # The reviewer's text with the claims the reviewer signed (else the draft's); the same guard
+            # holds every amount in the text to the declared refund, so an edit cannot slip in money.
+            claims: dict[str, Any] = {"body": p.edited_body}
+            if p.edited_refund_cents is not None:
+                claims["refund_cents"] = p.edited_refund_cents
+            if p.edited_promises is not None:
+                claims["promises"] = list(p.edited_promises)
+            draft = draft.model_copy(update=claims)
+            violations = review_draft(draft, order=order, policy=policy, email=state.email).violations
             if violations:
                 return refuse(f"edited reply fails the guard: {'; '.join(violations)}")
         fx = _Effects(event, now)
@@ -611,7 +659,7 @@ def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: _Effe
         payload=SendEmailPayload(
             command_id=cmd_id,
             attempt=attempt,
-            to=state.email.sender,
+            to=parse_address(state.email.sender, field="sender"),  # the one parsed address, checked at start
             subject=reply_subject(state.email.subject),
             body=state.draft.body,
             in_reply_to=state.email.message_id,

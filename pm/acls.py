@@ -1,0 +1,391 @@
+"""Which principal may do what on Kafka: the ACLs each `pm` component needs, and nothing more.
+
+Pure: no broker is contacted. Names come from the same places the components take them
+(topics.yaml and the topic prefix, the group and transactional IDs in pm/runtime.py,
+consumers/base.py, pm/review.py, pm/journal.py, pm/replay.py); tests/test_acls.py checks
+them against the real code so the two cannot drift apart.
+
+The separation the bindings hold (docs/security.md explains why):
+- only step consumers write `step.results` (a forged result would steer a process);
+- only review tools write `approvals` (decisions are HMAC-signed as well);
+- only the PM writes `pm.journal`, `cmd.*` and `pm.timers` (the journal is the truth);
+- every component may write `pm.dlq` (each dead-letters what it cannot process).
+
+Every producer `pm` makes is idempotent (pm/kafka.py), so each writing component also
+gets `IdempotentWrite` on the cluster: required before Kafka 3.0, implied by any topic
+`Write` since (KIP-679), harmless either way.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+
+from confluent_kafka.admin import AclBinding as KafkaAclBinding
+from confluent_kafka.admin import (
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+)
+from confluent_kafka.admin import ResourceType as KafkaResourceType
+
+from pm.config import Config
+from pm.dlq import DLQ_TOPIC
+from pm.errors import PmError
+from pm.events import EmailReceived
+from pm.journal import JOURNAL_TOPIC
+from pm.review import DECISIONS_TOPIC, REQUESTS_TOPIC
+from pm.topics import PM_INPUT_TOPICS, STEP_TOPIC_PREFIX, TopicLayout, load_layout
+
+__all__ = [
+    "AclError",
+    "ResourceType",
+    "PatternType",
+    "Operation",
+    "Grant",
+    "PM",
+    "REVIEW",
+    "UPSTREAM",
+    "OPS",
+    "STEP_COMPONENT_PREFIX",
+    "CLUSTER_NAME",
+    "step_names",
+    "component_names",
+    "describe_component",
+    "default_principal",
+    "parse_principal_overrides",
+    "select_components",
+    "component_grants",
+    "acl_grants",
+    "kafka_acls_line",
+    "render_kafka_acls",
+    "render_json",
+    "to_kafka_binding",
+]
+
+PM = "pm"
+REVIEW = "review"
+UPSTREAM = "upstream"
+OPS = "ops"
+STEP_COMPONENT_PREFIX = "step:"
+CLUSTER_NAME = "kafka-cluster"  # the only name Kafka accepts for the cluster resource
+
+# Consumer-group names as the code builds them (see the module docstring for where).
+_PM_GROUP = "pm"  # ProcessManager.group_id, after the topic prefix
+_JOURNAL_READER_GROUPS = "pm-journal-"  # pm-journal-meta / -reader-<id> / -estimate, after the prefix
+_STEP_GROUP = "step-"  # StepConsumer.group_id: <prefix>step-<name>
+_REVIEW_GROUPS = "pm-review-"  # ReviewClient: pm-review-<uuid>, *without* the topic prefix
+_OPS_GROUPS = "pm-ops-"  # operators' own consumers (kafka-console-consumer --group <prefix>pm-ops-NAME)
+
+
+class AclError(PmError, ValueError):
+    """A component or principal given on the command line is not valid."""
+
+
+class ResourceType(StrEnum):
+    TOPIC = "topic"
+    GROUP = "group"
+    TRANSACTIONAL_ID = "transactional_id"
+    CLUSTER = "cluster"
+
+
+class PatternType(StrEnum):
+    LITERAL = "literal"
+    PREFIXED = "prefixed"
+
+
+class Operation(StrEnum):
+    """Values are the names `kafka-acls.sh --operation` takes."""
+
+    READ = "Read"
+    WRITE = "Write"
+    DESCRIBE = "Describe"
+    IDEMPOTENT_WRITE = "IdempotentWrite"
+
+
+@dataclass(frozen=True, order=True)
+class Grant:
+    """One ALLOW binding: `principal` may do `operation` on the resource (physical names, prefix applied)."""
+
+    component: str
+    principal: str
+    resource_type: ResourceType
+    name: str
+    operation: Operation
+    pattern: PatternType = PatternType.LITERAL
+    permission: str = "allow"  # deny rules are never needed: Kafka denies what is not allowed
+    host: str = "*"
+
+    def to_json(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> Grant:
+        return cls(
+            component=data["component"],
+            principal=data["principal"],
+            resource_type=ResourceType(data["resource_type"]),
+            name=data["name"],
+            operation=Operation(data["operation"]),
+            pattern=PatternType(data.get("pattern", PatternType.LITERAL)),
+            permission=data.get("permission", "allow"),
+            host=data.get("host", "*"),
+        )
+
+    def describe(self) -> str:
+        """`User:pm-manager Write topic pm.journal` (one line, for reports)."""
+        where = (
+            f"{self.resource_type} {self.name}"
+            if self.resource_type is not ResourceType.CLUSTER
+            else "cluster"
+        )
+        return f"{self.principal} {self.operation} {where}" + (
+            " (prefixed)" if self.pattern is PatternType.PREFIXED else ""
+        )
+
+
+# ---------------------------------------------------------------- components
+
+
+def step_names(layout: TopicLayout) -> tuple[str, ...]:
+    """The steps, from the `cmd.<step>` topics of topics.yaml (each has its own step consumer)."""
+    return tuple(
+        name[len(STEP_TOPIC_PREFIX) :] for name in layout.topics if name.startswith(STEP_TOPIC_PREFIX)
+    )
+
+
+def component_names(layout: TopicLayout) -> tuple[str, ...]:
+    return (PM, *(STEP_COMPONENT_PREFIX + s for s in step_names(layout)), REVIEW, UPSTREAM, OPS)
+
+
+def describe_component(component: str) -> str:
+    """One line for the comment header of a component's bindings."""
+    if component.startswith(STEP_COMPONENT_PREFIX):
+        step = component[len(STEP_COMPONENT_PREFIX) :]
+        return f"the {step} step consumer (`pm run consumer {step}`)"
+    return {
+        PM: "the process manager (`pm run pm`)",
+        REVIEW: "review tools (`pm approvals ...`, pm.review.ReviewClient)",
+        UPSTREAM: "upstream producers of e-mails (`pm emit email`, pm.client.EmailPublisher)",
+        OPS: "read-only operations tools (`pm replay`, `pm inspect`, `pm topics check`)",
+    }[component]
+
+
+def default_principal(component: str) -> str:
+    if component.startswith(STEP_COMPONENT_PREFIX):
+        return f"User:pm-step-{component[len(STEP_COMPONENT_PREFIX) :]}"
+    return {
+        PM: "User:pm-manager",
+        REVIEW: "User:pm-review",
+        UPSTREAM: "User:pm-upstream",
+        OPS: "User:pm-ops",
+    }[component]
+
+
+def parse_principal_overrides(items: Iterable[str], layout: TopicLayout) -> dict[str, str]:
+    """`COMPONENT=Type:name` items (e.g. `step:classify=User:llm-worker`) as a mapping, validated."""
+    known = component_names(layout)
+    overrides: dict[str, str] = {}
+    for item in items:
+        component, sep, principal = item.partition("=")
+        component, principal = component.strip(), principal.strip()
+        if not sep or not component:
+            raise AclError(f"--principal {item!r}: expected COMPONENT=User:NAME")
+        if component not in known:
+            raise AclError(
+                f"--principal {item!r}: unknown component {component!r}; one of {', '.join(known)}"
+            )
+        kind, colon, name = principal.partition(":")
+        # Kafka principals are always TYPE:NAME; a bare name would silently match nobody.
+        if not colon or not kind or not name:
+            raise AclError(f"--principal {item!r}: a principal looks like User:NAME")
+        overrides[component] = principal
+    return overrides
+
+
+def select_components(wanted: Sequence[str] | None, layout: TopicLayout) -> tuple[str, ...]:
+    """The components named (`step` means every step consumer), in canonical order; all when none."""
+    known = component_names(layout)
+    if not wanted:
+        return known
+    chosen: set[str] = set()
+    for name in wanted:
+        if name == "step":
+            chosen.update(c for c in known if c.startswith(STEP_COMPONENT_PREFIX))
+        elif name in known:
+            chosen.add(name)
+        elif STEP_COMPONENT_PREFIX + name in known:  # a bare step name is unambiguous
+            chosen.add(STEP_COMPONENT_PREFIX + name)
+        else:
+            raise AclError(f"unknown component {name!r}; one of step, {', '.join(known)}")
+    return tuple(c for c in known if c in chosen)
+
+
+# ---------------------------------------------------------------- bindings
+
+
+def component_grants(config: Config, component: str, principal: str, layout: TopicLayout) -> list[Grant]:
+    """Every binding one component needs, with the configured topic prefix applied."""
+    prefix = config.topic_prefix
+    grants: list[Grant] = []
+
+    def add(kind: ResourceType, name: str, op: Operation, pattern: PatternType = PatternType.LITERAL) -> None:
+        grant = Grant(component, principal, kind, name, op, pattern)
+        if grant not in grants:
+            grants.append(grant)
+
+    def topics(op: Operation, *logical: str) -> None:
+        for name in logical:
+            add(ResourceType.TOPIC, config.topic(name), op)
+
+    def idempotent_producer() -> None:
+        add(ResourceType.CLUSTER, CLUSTER_NAME, Operation.IDEMPOTENT_WRITE)
+
+    steps = step_names(layout)
+    if component == PM:
+        topics(Operation.READ, *PM_INPUT_TOPICS, JOURNAL_TOPIC)  # inputs, and the journal for catch-up
+        topics(
+            Operation.WRITE,
+            JOURNAL_TOPIC,
+            *(STEP_TOPIC_PREFIX + s for s in steps),
+            "pm.timers",
+            REQUESTS_TOPIC,
+            DLQ_TOPIC,
+        )
+        add(ResourceType.GROUP, prefix + _PM_GROUP, Operation.READ)
+        # Journal readers (catch-up, partition lookup) use throwaway groups under one prefix.
+        add(ResourceType.GROUP, prefix + _JOURNAL_READER_GROUPS, Operation.READ, PatternType.PREFIXED)
+        # transactional.id = pm-<prefix><instance_id>: one prefix covers every instance.
+        add(ResourceType.TRANSACTIONAL_ID, f"pm-{prefix}", Operation.WRITE, PatternType.PREFIXED)
+        idempotent_producer()
+    elif component.startswith(STEP_COMPONENT_PREFIX):
+        step = component[len(STEP_COMPONENT_PREFIX) :]
+        if step not in steps:
+            raise AclError(f"unknown step {step!r}; topics.yaml has {', '.join(steps)}")
+        topics(Operation.READ, STEP_TOPIC_PREFIX + step)
+        topics(Operation.WRITE, "step.results", DLQ_TOPIC)
+        # Step consumers commit offsets themselves and produce without transactions (consumers/base.py).
+        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step}", Operation.READ)
+        idempotent_producer()
+    elif component == REVIEW:
+        # Decisions are read too: a request is pending until an acceptable decision exists.
+        topics(Operation.READ, REQUESTS_TOPIC, DECISIONS_TOPIC)
+        topics(Operation.WRITE, DECISIONS_TOPIC, DLQ_TOPIC)
+        add(ResourceType.GROUP, _REVIEW_GROUPS, Operation.READ, PatternType.PREFIXED)
+        idempotent_producer()
+    elif component == UPSTREAM:
+        topics(Operation.WRITE, EmailReceived.TOPIC, DLQ_TOPIC)
+        idempotent_producer()
+    elif component == OPS:
+        topics(Operation.READ, JOURNAL_TOPIC, DLQ_TOPIC)
+        topics(Operation.WRITE, DLQ_TOPIC)
+        # Describe every other topic of the layout (`pm topics check`; Read implies Describe),
+        # each by name: an empty prefix must not turn into "every topic of the cluster".
+        topics(Operation.DESCRIBE, *(t for t in layout.topics if t not in (JOURNAL_TOPIC, DLQ_TOPIC)))
+        add(ResourceType.GROUP, prefix + _JOURNAL_READER_GROUPS, Operation.READ, PatternType.PREFIXED)
+        add(ResourceType.GROUP, prefix + _OPS_GROUPS, Operation.READ, PatternType.PREFIXED)
+        # Lag and membership of the components' groups (kafka-consumer-groups --describe).
+        add(ResourceType.GROUP, prefix + _PM_GROUP, Operation.DESCRIBE)
+        for step in steps:
+            add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step}", Operation.DESCRIBE)
+        add(ResourceType.CLUSTER, CLUSTER_NAME, Operation.DESCRIBE)
+        idempotent_producer()  # for its pm.dlq writes
+    else:
+        raise AclError(f"unknown component {component!r}; one of {', '.join(component_names(layout))}")
+    return grants
+
+
+def acl_grants(
+    config: Config,
+    layout: TopicLayout | None = None,
+    *,
+    components: Sequence[str] | None = None,
+    principals: Mapping[str, str] | None = None,
+) -> dict[str, list[Grant]]:
+    """Bindings per component (all components unless `components`), principals overridable."""
+    layout = layout or load_layout()
+    principals = principals or {}
+    chosen = select_components(components, layout)
+    return {c: component_grants(config, c, principals.get(c) or default_principal(c), layout) for c in chosen}
+
+
+# ---------------------------------------------------------------- rendering
+
+
+_RESOURCE_FLAG = {
+    ResourceType.TOPIC: "--topic",
+    ResourceType.GROUP: "--group",
+    ResourceType.TRANSACTIONAL_ID: "--transactional-id",
+}
+
+
+def kafka_acls_line(grant: Grant, bootstrap: str, script: str = "kafka-acls.sh") -> str:
+    """The `kafka-acls.sh --add` command that creates this binding."""
+    parts = [
+        script,
+        "--bootstrap-server",
+        bootstrap,
+        "--add",
+        "--allow-principal",
+        grant.principal,
+    ]
+    if grant.host != "*":
+        parts += ["--allow-host", grant.host]
+    parts += ["--operation", grant.operation.value]
+    if grant.resource_type is ResourceType.CLUSTER:
+        parts.append("--cluster")
+    else:
+        parts += [_RESOURCE_FLAG[grant.resource_type], grant.name]
+    if grant.pattern is PatternType.PREFIXED:
+        parts += ["--resource-pattern-type", "prefixed"]
+    return shlex.join(parts)
+
+
+def render_kafka_acls(grants: Mapping[str, Sequence[Grant]], bootstrap: str) -> str:
+    """Every binding as a kafka-acls.sh line, grouped by component under a comment header."""
+    blocks: list[str] = []
+    for component, rules in grants.items():
+        principal = rules[0].principal if rules else default_principal(component)
+        header = f"# {component} ({principal}): {describe_component(component)}"
+        blocks.append("\n".join([header, *(kafka_acls_line(g, bootstrap) for g in rules)]))
+    return "\n\n".join(blocks) + "\n"
+
+
+def render_json(grants: Mapping[str, Sequence[Grant]]) -> str:
+    """A JSON array of the bindings, one object each (component, principal, resource_type, ...)."""
+    return json.dumps([g.to_json() for rules in grants.values() for g in rules], indent=2) + "\n"
+
+
+_KAFKA_RESOURCE = {
+    ResourceType.TOPIC: KafkaResourceType.TOPIC,
+    ResourceType.GROUP: KafkaResourceType.GROUP,
+    ResourceType.TRANSACTIONAL_ID: KafkaResourceType.TRANSACTIONAL_ID,
+    # librdkafka calls it BROKER; it is resource type 4, which the protocol calls CLUSTER.
+    ResourceType.CLUSTER: KafkaResourceType.BROKER,
+}
+_KAFKA_PATTERN = {
+    PatternType.LITERAL: ResourcePatternType.LITERAL,
+    PatternType.PREFIXED: ResourcePatternType.PREFIXED,
+}
+_KAFKA_OPERATION = {
+    Operation.READ: AclOperation.READ,
+    Operation.WRITE: AclOperation.WRITE,
+    Operation.DESCRIBE: AclOperation.DESCRIBE,
+    Operation.IDEMPOTENT_WRITE: AclOperation.IDEMPOTENT_WRITE,
+}
+
+
+def to_kafka_binding(grant: Grant) -> KafkaAclBinding:
+    """The `confluent_kafka.admin.AclBinding` for `AdminClient.create_acls`."""
+    return KafkaAclBinding(
+        _KAFKA_RESOURCE[grant.resource_type],
+        grant.name,
+        _KAFKA_PATTERN[grant.pattern],
+        grant.principal,
+        grant.host,
+        _KAFKA_OPERATION[grant.operation],
+        AclPermissionType.ALLOW,
+    )
