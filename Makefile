@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/pm demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check pm consumers bench tests
+	$(VENV)/bin/ruff check pm consumers customer_email bench tests
 	$(VENV)/bin/mypy
 
 test: $(STAMP) lint

@@ -234,7 +234,7 @@ class Reviewer:
                 secret=self.secret,
                 reason="scripted rejection (chaos harness)" if verdict == "reject" else None,
                 # Same structured claims, new wording: the guard must let this through.
-                edited_body=f"{EDIT_MARKER}\n{request.draft.body}" if verdict == "edit" else None,
+                edited_body=f"{EDIT_MARKER}\n{pending.proposal['body']}" if verdict == "edit" else None,
                 causation_id=pending.request.event_id,
             )
             self.client.publish(event)

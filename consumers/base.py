@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.trace import Status, StatusCode
@@ -50,7 +50,10 @@ from pm import telemetry
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.dlq import dead_letter
-from pm.events import CommandPayload, Event, Step
+from pm.events import CommandPayload, Event
+
+if TYPE_CHECKING:
+    from pm.app import App
 from pm.kafka import make_consumer, make_producer
 
 __all__ = [
@@ -170,7 +173,7 @@ class StepConsumer:
             raise ValueError("max_buffered must be at least 1")
         self.config = config
         self.handler = handler
-        self.step = Step(handler.step)
+        self.step = str(handler.step)  # steps are an open set: the app names them
         self.concurrency = concurrency
         # Commands polled but not started; together with the running ones, what pauses the partitions.
         self.max_buffered = max_buffered if max_buffered is not None else max(4 * concurrency, 64)
@@ -180,8 +183,8 @@ class StepConsumer:
         self.clock = clock
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self.topic = config.topic(f"cmd.{self.step.value}")
-        self.group_id = f"{config.topic_prefix}step-{self.step.value}"
+        self.topic = config.topic(f"cmd.{self.step}")
+        self.group_id = f"{config.topic_prefix}step-{self.step}"
         self.results_topic = config.topic("step.results")
         self.dlq_topic = config.topic("pm.dlq")
         self._stop = threading.Event()
@@ -205,11 +208,11 @@ class StepConsumer:
     def run(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
             self._stop = stop
-        self._ledger = Ledger(ledger_path(self.config, self.step.value))
+        self._ledger = Ledger(ledger_path(self.config, self.step))
         try:
             if isinstance(self.handler, LedgerAware):
                 self.handler.use_ledger(self._ledger)
-            role = f"step-{self.step.value}"
+            role = f"step-{self.step}"
             self._producer = make_producer(self.config, role)
             self._consumer = make_consumer(self.config, role, self.group_id)
             workers = [
@@ -221,7 +224,7 @@ class StepConsumer:
             self._consumer.subscribe(
                 [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
-            log.info("step %s: consuming %s as group %s", self.step.value, self.topic, self.group_id)
+            log.info("step %s: consuming %s as group %s", self.step, self.topic, self.group_id)
             while not self._stop.is_set():
                 if self._paused:
                     # Nothing to fetch: wait for a finished command (the next resume), not for a record;
@@ -281,7 +284,7 @@ class StepConsumer:
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             raise KafkaException(error)
-        log.warning("step %s: consumer error: %s", self.step.value, error)
+        log.warning("step %s: consumer error: %s", self.step, error)
 
     def _receive(self, msg: Message) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -299,7 +302,7 @@ class StepConsumer:
             or getattr(type(command), "STEP", None) != self.step
         ):
             self._dead_letter(
-                msg, f"{command.type} is not a {self.step.value} command", "UnexpectedEventType"
+                msg, f"{command.type} is not a {self.step} command", "UnexpectedEventType"
             )
             return
         command_id = command.payload.command_id
@@ -310,7 +313,7 @@ class StepConsumer:
         if entry is not None and entry.completed and entry.result is not None:
             # Done before (redelivery, or the PM re-sent it): the same bytes, not a second side effect.
             with telemetry.tracer().start_as_current_span(
-                f"step {self.step.value}",
+                f"step {self.step}",
                 context=telemetry.extract(headers),
                 attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
             ):
@@ -364,7 +367,7 @@ class StepConsumer:
                 # Issued (the command's occurred_at, from the PM) to answered, queueing in cmd.<step> included.
                 telemetry.command_round_trip().record(
                     max(0.0, (work.result.occurred_at - work.command.occurred_at).total_seconds()),
-                    {"pm.step": self.step.value},
+                    {"pm.step": self.step},
                 )
                 key = work.command.correlation_id.encode()
                 self._publish(self.results_topic, key, encoded, work.result_headers, work.refs)
@@ -405,7 +408,7 @@ class StepConsumer:
                 if tp.offset >= 0:
                     self._consumer.seek(tp)
         except KafkaException as exc:  # e.g. a rebalance meanwhile: fetching still resumes, only later
-            log.debug("step %s: seek after resume failed: %s", self.step.value, exc)
+            log.debug("step %s: seek after resume failed: %s", self.step, exc)
 
     def _publish(
         self, topic: str, key: bytes, value: bytes, headers: Headers, refs: list[tuple[TP, int]]
@@ -423,7 +426,7 @@ class StepConsumer:
             if err.fatal() or attempts[0] > 5:
                 self._fatal = KafkaException(err)
                 return
-            log.warning("step %s: delivery to %s failed (%s); producing again", self.step.value, topic, err)
+            log.warning("step %s: delivery to %s failed (%s); producing again", self.step, topic, err)
             self._produce(topic, key, value, headers, delivered)
 
         self._produce(topic, key, value, headers, delivered)
@@ -448,10 +451,10 @@ class StepConsumer:
             msg.value(),
             reason=reason,
             error_type=error_type,
-            failed_by=f"step-{self.step.value}",
+            failed_by=f"step-{self.step}",
             now=self.clock(),
         )
-        log.warning("step %s: %s/%d/%d to the DLQ: %s", self.step.value, topic, partition, offset, reason)
+        log.warning("step %s: %s/%d/%d to the DLQ: %s", self.step, topic, partition, offset, reason)
         self.stats["dead_lettered"] += 1
         telemetry.dlq_records().add(
             1, {"messaging.destination.name": record.payload.source_topic, "error.type": error_type}
@@ -470,7 +473,7 @@ class StepConsumer:
                 else:
                     self._consumer.commit(offsets=commits, asynchronous=False)
             except KafkaException as exc:  # e.g. during a rebalance; the next commit covers it
-                log.warning("step %s: commit failed: %s", self.step.value, exc)
+                log.warning("step %s: commit failed: %s", self.step, exc)
 
     # ------------------------------------------------------------ rebalance
 
@@ -479,7 +482,7 @@ class StepConsumer:
         # full would stay paused for good. Start every assignment unpaused; _flow_control re-pauses.
         consumer.resume(partitions)
         self._paused = False
-        log.info("step %s: assigned %s", self.step.value, [p.partition for p in partitions])
+        log.info("step %s: assigned %s", self.step, [p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Give in-flight commands of the revoked partitions a bounded time to finish, commit, then let go."""
@@ -503,7 +506,7 @@ class StepConsumer:
             try:
                 self._run(work)
             except BaseException as exc:  # never lose a worker; the record stays uncommitted
-                log.exception("step %s: worker failed", self.step.value)
+                log.exception("step %s: worker failed", self.step)
                 work.result = failed_result(
                     work.command,
                     self.step,
@@ -517,14 +520,14 @@ class StepConsumer:
         command = work.command
         attributes = {
             **telemetry.event_attributes(command),
-            **telemetry.record_attributes(f"cmd.{self.step.value}"),
+            **telemetry.record_attributes(f"cmd.{self.step}"),
             "correlation_id": command.correlation_id,
             "command_id": command.payload.command_id,
-            "step": self.step.value,
+            "step": self.step,
             "attempt": command.payload.attempt,
         }
         with telemetry.tracer().start_as_current_span(
-            f"step {self.step.value}", context=telemetry.extract(work.headers), attributes=attributes
+            f"step {self.step}", context=telemetry.extract(work.headers), attributes=attributes
         ) as span:
             result, tries = self._execute(command)
             span.set_attribute("pm.step.tries", tries)
@@ -546,7 +549,7 @@ class StepConsumer:
             except TransientError as exc:
                 last = exc
                 log.info(
-                    "step %s: transient error (try %d/%d): %s", self.step.value, tries, self.retry.tries, exc
+                    "step %s: transient error (try %d/%d): %s", self.step, tries, self.retry.tries, exc
                 )
                 if tries >= self.retry.tries:
                     break
@@ -559,7 +562,7 @@ class StepConsumer:
                     command, self.step, self.clock(), reason=exc.reason, retryable=False, errors=exc.errors
                 ), tries
             except Exception as exc:  # a handler bug must not kill the consumer: report it to the PM
-                log.exception("step %s: handler raised", self.step.value)
+                log.exception("step %s: handler raised", self.step)
                 return failed_result(
                     command, self.step, self.clock(), reason=f"{type(exc).__name__}: {exc}", retryable=False
                 ), tries
@@ -575,11 +578,12 @@ def run_step_consumer(
     retry: RetryPolicy | None = None,
     options: dict[str, Any] | None = None,
     stop: threading.Event | None = None,
+    app: App | None = None,
 ) -> StepConsumer:
-    """Build the step's handler from the registry and run its consumer until SIGTERM/SIGINT (or `stop`)."""
-    from consumers import load_handler
+    """Build the step's handler from the app and run its consumer until SIGTERM/SIGINT (or `stop`)."""
+    from pm.app import load_app
 
-    handler = load_handler(step, config, **(options or {}))
+    handler = (app or load_app(config.app or None)).step(step).build_handler(config, **(options or {}))
     consumer = StepConsumer(config, handler, concurrency=concurrency, retry=retry)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -35,7 +35,6 @@ from pm.events import (
     DraftReplyPayload,
     Event,
     LlmCall,
-    Step,
     StepFailed,
 )
 
@@ -306,7 +305,7 @@ def call_llm(provider: LlmProvider, limiter: RateLimiter | None, request: LlmReq
     return LlmOutcome(call=call, value=value)
 
 
-def invalid_output_result(command: Event, step: Step, now: datetime, outcome: LlmOutcome[Any]) -> StepFailed:
+def invalid_output_result(command: Event, step: str, now: datetime, outcome: LlmOutcome[Any]) -> StepFailed:
     """A non-retryable failed result that carries the validation errors and the call record."""
     return failed_result(
         command,

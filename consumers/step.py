@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Protocol, TypeVar
 
 from pm.errors import PmError
-from pm.events import Event, LlmCall, ResultPayload, Step, StepFailed, StepFailedPayload, derive_id
+from pm.events import Event, LlmCall, ResultPayload, StepFailed, StepFailedPayload, derive_id
 
 __all__ = ["StepHandler", "TransientError", "PermanentError", "result_event", "failed_result"]
 
@@ -27,7 +27,7 @@ class PermanentError(PmError):
 class StepHandler(Protocol):
     """One step's business logic. `handle` may block on I/O; the base runs it in a worker thread."""
 
-    step: Step
+    step: str  # the step name the app declares (StepSpec.name)
 
     def handle(self, command: Event, now: datetime) -> Event:
         """Return the result event (use `result_event`); raise TransientError / PermanentError."""
@@ -50,7 +50,7 @@ def result_event(command: Event, result_type: type[R], payload: ResultPayload, n
 
 def failed_result(
     command: Event,
-    step: Step,
+    step: str,
     now: datetime,
     *,
     reason: str,
@@ -67,7 +67,7 @@ def failed_result(
         StepFailedPayload(
             command_id=payload.command_id,
             attempt=payload.attempt,
-            step=step.value,
+            step=str(step),
             retryable=retryable,
             uncertain=uncertain,
             reason=reason,

@@ -32,13 +32,13 @@ from confluent_kafka.admin import (
 )
 from confluent_kafka.admin import ResourceType as KafkaResourceType
 
+from pm.app import CORE_INPUT_TOPICS
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC
 from pm.errors import PmError
-from pm.events import EmailReceived
 from pm.journal import JOURNAL_TOPIC
 from pm.review import DECISIONS_TOPIC, REQUESTS_TOPIC
-from pm.topics import PM_INPUT_TOPICS, STEP_TOPIC_PREFIX, TopicLayout, load_layout
+from pm.topics import STEP_TOPIC_PREFIX, TopicLayout, load_layout
 
 __all__ = [
     "AclError",
@@ -169,7 +169,7 @@ def describe_component(component: str) -> str:
     return {
         PM: "the process manager (`pm run pm`)",
         REVIEW: "review tools (`pm approvals ...`, pm.review.ReviewClient)",
-        UPSTREAM: "upstream producers of e-mails (`pm emit email`, pm.client.EmailPublisher)",
+        UPSTREAM: "upstream producers of the app's start topics (e.g. `pm emit email`)",
         OPS: "read-only operations tools (`pm replay`, `pm inspect`, `pm topics check`)",
     }[component]
 
@@ -245,8 +245,12 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         add(ResourceType.CLUSTER, CLUSTER_NAME, Operation.IDEMPOTENT_WRITE)
 
     steps = step_names(layout)
+    # The PM's inputs are the co-partitioned topics but the journal; the app's start topics are those
+    # inputs that are not the core's (approvals, step.results, pm.timers).
+    inputs = [t for t in layout.co_partitioned if t != JOURNAL_TOPIC]
+    starts = [t for t in inputs if t not in CORE_INPUT_TOPICS]
     if component == PM:
-        topics(Operation.READ, *PM_INPUT_TOPICS, JOURNAL_TOPIC)  # inputs, and the journal for catch-up
+        topics(Operation.READ, *inputs, JOURNAL_TOPIC)  # inputs, and the journal for catch-up
         topics(
             Operation.WRITE,
             JOURNAL_TOPIC,
@@ -277,7 +281,7 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         add(ResourceType.GROUP, _REVIEW_GROUPS, Operation.READ, PatternType.PREFIXED)
         idempotent_producer()
     elif component == UPSTREAM:
-        topics(Operation.WRITE, EmailReceived.TOPIC, DLQ_TOPIC)
+        topics(Operation.WRITE, *starts, DLQ_TOPIC)
         idempotent_producer()
     elif component == OPS:
         topics(Operation.READ, JOURNAL_TOPIC, DLQ_TOPIC)

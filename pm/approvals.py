@@ -7,7 +7,7 @@ is the language-neutral contract):
     canonical = JSON of the object
         {"approval_id", "correlation_id", "decided_at", "decision", "draft_hash",
          "edited_body", "key_id", "policy_version", "reason", "reviewer"}
-      plus "edited_refund_cents" and "edited_promises" when they are set (an edit's money claims)
+      plus "edited_fields" (a JSON object as text) when it is set
       keys sorted, no whitespace, non-ASCII as raw UTF-8 (RFC 8785 / JSON.stringify
       escaping), absent reason / edited_body as null, decided_at as
       "YYYY-MM-DDTHH:MM:SS.mmmZ" (UTC, milliseconds, as Avro timestamp-millis keeps it)
@@ -84,7 +84,7 @@ _SIGNED_FIELDS = (
     "decided_at",
     "key_id",
 )
-_SIGNED_IF_SET = ("edited_refund_cents", "edited_promises")
+_SIGNED_IF_SET = ("edited_fields",)
 
 
 class ApprovalKeyError(PmError, ValueError):
@@ -202,7 +202,7 @@ def format_timestamp(value: datetime) -> str:
 def canonical_bytes(correlation_id: str, payload: ApprovalDecidedPayload) -> bytes:
     """The exact bytes the signature covers (the `signature` field itself excluded)."""
     fields: dict[str, Any] = {name: getattr(payload, name) for name in _SIGNED_FIELDS}
-    # An edit's declared money claims are signed when present; absent they stay out of the
+    # An edit's other fields are signed when present; absent they stay out of the
     # canonical form, so decisions signed before the fields existed still verify.
     for name in _SIGNED_IF_SET:
         if getattr(payload, name) is not None:
@@ -239,8 +239,7 @@ def build_decision(
     now: datetime | None = None,
     reason: str | None = None,
     edited_body: str | None = None,
-    edited_refund_cents: int | None = None,
-    edited_promises: list[str] | None = None,
+    edited_fields: str | None = None,
     causation_id: str | None = None,
     event_id: str | None = None,
 ) -> ApprovalDecided:
@@ -254,8 +253,7 @@ def build_decision(
         policy_version=policy_version,
         reason=reason,
         edited_body=edited_body,
-        edited_refund_cents=edited_refund_cents,
-        edited_promises=edited_promises,
+        edited_fields=edited_fields,
         decided_at=decided_at,
     )
     return ApprovalDecided(

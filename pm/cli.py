@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pm.app import load_app
 from pm.config import load_config
 from pm.errors import PmError
 
@@ -17,6 +18,7 @@ __all__ = ["main", "COMMAND_MODULES"]
 COMMAND_MODULES = (
     "pm.commands.broker",
     "pm.commands.topics",
+    "pm.commands.schemas",
     "pm.commands.emit",
     "pm.commands.demo",
     "pm.commands.bench",
@@ -26,6 +28,10 @@ COMMAND_MODULES = (
     "pm.commands.replay",
     "pm.commands.acls",
 )
+
+
+# Commands that run no app code (the local broker, the bundled demo, the benchmarks start their own).
+_WITHOUT_APP = frozenset({"broker", "demo", "bench"})
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -40,6 +46,9 @@ def _common_options() -> argparse.ArgumentParser:
         "--state-dir", type=Path, default=None, help="RocksDB stores and ledgers (PM_STATE_DIR)"
     )
     group.add_argument("--config", type=Path, default=None, help="config file (PM_CONFIG, else ./pm.yaml)")
+    group.add_argument(
+        "--app", default=None, help="the pm.App to run, module:attr (PM_APP; default: the customer-email app)"
+    )
     return common
 
 
@@ -61,7 +70,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             bootstrap=args.bootstrap,
             topic_prefix=args.topic_prefix,
             state_dir=args.state_dir,
+            app=getattr(args, "app", None),
         )
+        if args.command not in _WITHOUT_APP:
+            # The app's schema folder and upcasters must be known before anything is decoded.
+            load_app(config.app or None)
         return int(args.handler(args, config) or 0)
     except PmError as exc:
         print(f"pm: error: {exc}", file=sys.stderr)

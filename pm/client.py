@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import KafkaError, Message, Producer
 from opentelemetry.trace import SpanKind
@@ -44,6 +44,7 @@ __all__ = [
     "DeliveryError",
     "InvalidEmail",
     "EmailPublisher",
+    "Publisher",
     "email_event",
     "describe_validation_error",
     "produce_event",
@@ -169,20 +170,72 @@ def _delivered(event: Event, callback: Callable[[Delivery | DeliveryError], None
     return delivered
 
 
-class EmailPublisher:
-    """Publishes upstream e-mails to `email.received` and waits for the broker's acknowledgement."""
+class Publisher:
+    """Publishes any app's events to their topics, keyed by correlation ID, and waits for acknowledgements.
 
-    def __init__(self, config: Config, producer: Producer | None = None) -> None:
+        with Publisher(config) as publisher:
+            delivery = publisher.publish(InvoiceDisputed(...))
+    """
+
+    def __init__(self, config: Config, producer: Producer | None = None, *, role: str = "upstream") -> None:
         self.config = config
-        self._producer = producer or make_producer(config, "upstream")
+        self._producer = producer or make_producer(config, role)
+
+    def submit_event(
+        self, event: Event, callback: Callable[[Delivery | DeliveryError], None], **options: Any
+    ) -> None:
+        """Produce without waiting; `callback` gets the Delivery or the error later (on poll/flush).
+
+        `options` go to `produce_event` (headers, key, topic).
+        """
+        produce_event(self._producer, self.config, event, on_delivery=_delivered(event, callback), **options)
+        self._producer.poll(0)
+
+    def publish(self, event: Event, timeout: float = 30.0) -> Delivery:
+        """Produce and wait until the broker has it; raises DeliveryError."""
+        results: list[Delivery | DeliveryError] = []
+        self.submit_event(event, results.append)
+        return self._wait_one(results, timeout)
+
+    def _wait_one(self, results: list[Delivery | DeliveryError], timeout: float) -> Delivery:
+        self.flush(timeout)
+        if not results:
+            raise DeliveryError(f"no acknowledgement within {timeout:g} s")
+        result = results[0]
+        if isinstance(result, DeliveryError):
+            raise result
+        return result
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for outstanding deliveries; returns how many are still queued (0 when all are acknowledged)."""
+        return int(self._producer.flush(timeout))
+
+    def close(self, timeout: float = 30.0) -> None:
+        remaining = self.flush(timeout)
+        if remaining:
+            raise DeliveryError(f"{remaining} event(s) not acknowledged within {timeout:g} s")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.flush()  # an exception already on its way is not masked by a delivery error
+
+
+class EmailPublisher(Publisher):
+    """Publishes upstream e-mails to `email.received` and waits for the broker's acknowledgement."""
 
     def submit(
         self, email: Mapping[str, Any] | Email, callback: Callable[[Delivery | DeliveryError], None]
     ) -> EmailReceived:
         """Validate and produce without waiting; `callback` gets the Delivery or the error later (on poll/flush)."""
         event = email_event(email)
-        produce_event(self._producer, self.config, event, on_delivery=_delivered(event, callback))
-        self._producer.poll(0)
+        self.submit_event(event, callback)
         return event
 
     def submit_dead_letter(
@@ -192,22 +245,13 @@ class EmailPublisher:
         callback: Callable[[Delivery | DeliveryError], None],
     ) -> None:
         """Produce a `pm.dlq` record (from `pm.dlq.dead_letter`) for input that could not be published."""
-        produce_event(
-            self._producer, self.config, record, headers=headers, on_delivery=_delivered(record, callback)
-        )
-        self._producer.poll(0)
+        self.submit_event(record, callback, headers=headers)
 
-    def publish(self, email: Mapping[str, Any] | Email, timeout: float = 30.0) -> Delivery:
+    def publish(self, email: Mapping[str, Any] | Email, timeout: float = 30.0) -> Delivery:  # type: ignore[override]
         """Validate, produce and wait until the broker has it; raises InvalidEmail or DeliveryError."""
         results: list[Delivery | DeliveryError] = []
         self.submit(email, results.append)
-        self.flush(timeout)
-        if not results:
-            raise DeliveryError(f"no acknowledgement within {timeout:g} s")
-        result = results[0]
-        if isinstance(result, DeliveryError):
-            raise result
-        return result
+        return self._wait_one(results, timeout)
 
     def publish_many(
         self, emails: Iterable[Mapping[str, Any] | Email], timeout: float = 30.0
@@ -229,20 +273,3 @@ class EmailPublisher:
             if isinstance(result, DeliveryError):
                 raise result
         return [r for r in ordered if isinstance(r, Delivery)]
-
-    def flush(self, timeout: float = 30.0) -> int:
-        """Wait for outstanding deliveries; returns how many are still queued (0 when all are acknowledged)."""
-        return int(self._producer.flush(timeout))
-
-    def close(self, timeout: float = 30.0) -> None:
-        remaining = self.flush(timeout)
-        if remaining:
-            raise DeliveryError(f"{remaining} e-mail(s) not acknowledged within {timeout:g} s")
-
-    def __enter__(self) -> EmailPublisher:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.flush()

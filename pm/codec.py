@@ -9,8 +9,13 @@ the latest reader schema of the type, so old records read with today's defaults.
 Anything that cannot be decoded into a valid event raises `CodecError`, which the
 PM and consumers route to `pm.dlq`.
 
-Schemas are parsed once per process (module-level cache). `PM_SCHEMA_DIR` points
-at another schema directory (the Docker image sets it; a checkout needs nothing).
+Schemas are parsed once per process (module-level cache). The registry spans the
+core folder (`schema_dir()`: `PM_SCHEMA_DIR`, which the Docker image sets, else the
+repository's `schemas/`) plus every folder passed to `add_schema_dir`: `pm.app.load_app`
+registers the loaded app's `App.schema_dir` there, so an app's own event types encode
+and decode beside the core ones. A type whose latest schema differs between two folders
+is a `CodecError` naming both files. The added folders are one module-level tuple, part
+of the cache key: restoring it (e.g. a test's monkeypatch) restores the registry.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,9 +42,13 @@ __all__ = [
     "MARKER",
     "HEADER_SIZE",
     "CodecError",
+    "register_upcaster",
+    "upcaster_for",
     "SchemaInfo",
     "SchemaRegistry",
     "schema_dir",
+    "add_schema_dir",
+    "schema_dirs",
     "registry",
     "fingerprint",
     "schema_for",
@@ -75,10 +84,48 @@ class SchemaInfo:
         return self.fingerprint.hex()
 
 
+# Schema folders registered beside the core one, in registration order (the one piece of global state).
+_added_dirs: tuple[Path, ...] = ()
+# (event type, writer schema version) -> turns the payload as that version wrote it into today's payload.
+# For changes Avro resolution cannot express (a payload that changed shape); the app that owns the
+# meaning registers it (`register_upcaster`) when it is loaded.
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_upcasters: dict[tuple[str, int], Upcaster] = {}
+
+
 def schema_dir() -> Path:
-    """`PM_SCHEMA_DIR`, else `schemas/` at the repository root (beside the package)."""
+    """The core folder: `PM_SCHEMA_DIR`, else `schemas/` at the repository root (beside the package)."""
     named = os.environ.get("PM_SCHEMA_DIR")
     return Path(named) if named else Path(__file__).resolve().parent.parent / "schemas"
+
+
+def register_upcaster(type_name: str, versions: Iterable[int], upcast: Upcaster) -> None:
+    """Read payloads written with these older schema versions of `type_name` through `upcast`."""
+    for version in versions:
+        _upcasters[(type_name, int(version))] = upcast
+
+
+def upcaster_for(type_name: str, version: int) -> Upcaster | None:
+    return _upcasters.get((type_name, version))
+
+
+def add_schema_dir(path: Path) -> None:
+    """Also read the schemas in `path` (an app's folder). Idempotent; the folder is read lazily, at the
+    next `registry()`, so an app whose folder `pm schemas generate` has yet to write still loads."""
+    global _added_dirs
+    path = Path(path).resolve()
+    if path not in _added_dirs:
+        _added_dirs = (*_added_dirs, path)
+        _registry_for.cache_clear()
+
+
+def _unique_dirs(directories: Iterable[Path]) -> tuple[Path, ...]:
+    return tuple(dict.fromkeys(Path(d).resolve() for d in directories))
+
+
+def schema_dirs() -> tuple[Path, ...]:
+    """Every folder the registry reads: the core one, then the added ones (no duplicates)."""
+    return _unique_dirs((schema_dir(), *_added_dirs))
 
 
 def fingerprint(schema: Mapping[str, Any] | str) -> bytes:
@@ -100,29 +147,50 @@ def _load(path: Path, type_name: str, version: int) -> SchemaInfo:
 
 
 class SchemaRegistry:
-    """Every schema version under one directory: the latest per type, and all by fingerprint."""
+    """Every schema version under the core directory and `more` directories: the latest per type, and
+    all by fingerprint."""
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    def __init__(self, directory: Path, more: Iterable[Path] = ()) -> None:
+        self.directory = directory  # the core folder
+        self.directories = _unique_dirs((directory, *more))
         self.latest: dict[str, SchemaInfo] = {}
         self.by_fingerprint: dict[bytes, SchemaInfo] = {}
-        if not directory.is_dir():
-            raise CodecError(f"schema directory {directory} not found (set PM_SCHEMA_DIR)")
-        for path in sorted(directory.glob("*.avsc")):
-            cls = EVENT_TYPES.get(path.stem)
-            version = cls.SCHEMA_VERSION if cls is not None else 0
-            self._add(_load(path, path.stem, version), latest=True)
-        for sub in sorted(directory.iterdir()):
-            match = _VERSION_DIR.match(sub.name)
-            if sub.is_dir() and match:
-                for path in sorted(sub.glob("*.avsc")):
-                    self._add(_load(path, path.stem, int(match.group(1))), latest=False)
+        for folder in self.directories:
+            if not folder.is_dir():
+                hint = "set PM_SCHEMA_DIR" if folder == self.directories[0] else "run `pm schemas generate`"
+                raise CodecError(f"schema directory {folder} not found ({hint})")
+        # Every folder's latest schemas first: an old version equal to a latest one elsewhere yields to it.
+        for folder in self.directories:
+            for path in sorted(folder.glob("*.avsc")):
+                cls = EVENT_TYPES.get(path.stem)
+                version = cls.SCHEMA_VERSION if cls is not None else 0
+                self._add(_load(path, path.stem, version), latest=True)
+        for folder in self.directories:
+            for sub in sorted(folder.iterdir()):
+                match = _VERSION_DIR.match(sub.name)
+                if sub.is_dir() and match:
+                    for path in sorted(sub.glob("*.avsc")):
+                        self._add(_load(path, path.stem, int(match.group(1))), latest=False)
+
+    @property
+    def where(self) -> str:
+        """The folders read, for messages."""
+        return ", ".join(str(d) for d in self.directories)
 
     def _add(self, info: SchemaInfo, latest: bool) -> None:
         known = self.by_fingerprint.get(info.fingerprint)
         if known is not None and known.type_name != info.type_name:
             raise CodecError(f"schemas {known.path} and {info.path} have the same fingerprint")
         if latest:
+            other = self.latest.get(info.type_name)
+            if other is not None:
+                # Two folders define the type: fine only if they agree to the last doc and default.
+                if other.schema != info.schema:
+                    raise CodecError(
+                        f"event type {info.type_name!r} has different latest schemas in {other.path} "
+                        f"and {info.path}; keep one"
+                    )
+                return
             self.latest[info.type_name] = info
             self.by_fingerprint[info.fingerprint] = info
         else:
@@ -139,13 +207,13 @@ class SchemaRegistry:
 
 
 @lru_cache(maxsize=4)
-def _registry_for(named_dir: str | None) -> SchemaRegistry:
-    return SchemaRegistry(Path(named_dir) if named_dir else schema_dir())
+def _registry_for(named_dir: str | None, added: tuple[Path, ...]) -> SchemaRegistry:
+    return SchemaRegistry(Path(named_dir) if named_dir else schema_dir(), added)
 
 
 def registry() -> SchemaRegistry:
-    """The schemas of `schema_dir()`, loaded and parsed once (cached per PM_SCHEMA_DIR value)."""
-    return _registry_for(os.environ.get("PM_SCHEMA_DIR"))
+    """The schemas of `schema_dirs()`, loaded and parsed once (cached per PM_SCHEMA_DIR value and added dirs)."""
+    return _registry_for(os.environ.get("PM_SCHEMA_DIR"), _added_dirs)
 
 
 def schema_for(type_name: str) -> SchemaInfo:
@@ -153,7 +221,10 @@ def schema_for(type_name: str) -> SchemaInfo:
     known = registry()
     info = known.latest.get(type_name)
     if info is None:
-        raise CodecError(f"no schema for event type {type_name!r} in {known.directory}")
+        raise CodecError(
+            f"no schema for event type {type_name!r} in {known.where} (is its app's schema_dir loaded "
+            "and generated? `pm schemas generate`)"
+        )
     return info
 
 
@@ -183,9 +254,7 @@ def _writer(data: bytes | bytearray | memoryview) -> SchemaInfo:
     known = registry()
     info = known.by_fingerprint.get(fp)
     if info is None:
-        raise CodecError(
-            f"unknown schema fingerprint {fp.hex()} (no such schema version in {known.directory})"
-        )
+        raise CodecError(f"unknown schema fingerprint {fp.hex()} (no such schema version in {known.where})")
     return info
 
 
@@ -205,13 +274,17 @@ def decode(data: bytes | bytearray | memoryview) -> Event:
         )
     body = io.BytesIO(data)
     body.seek(HEADER_SIZE)
+    # An upcast version is read as written (its own schema), then its payload reshaped in code.
+    upcast = None if reader is writer else _upcasters.get((writer.type_name, writer.version))
     try:
-        record = schemaless_reader(body, writer.parsed, None if reader is writer else reader.parsed)
+        record = schemaless_reader(body, writer.parsed, None if reader is writer or upcast else reader.parsed)
     except Exception as exc:  # fastavro raises many kinds on corrupt input (EOFError, IndexError, ...)
         raise CodecError(f"corrupt {writer.type_name} body ({type(exc).__name__}: {exc})") from exc
     if body.tell() != len(data):
         raise CodecError(f"{writer.type_name}: {len(data) - body.tell()} trailing bytes after the Avro body")
     try:
+        if upcast is not None and isinstance(record, dict):
+            record = {**record, "payload": upcast(record["payload"])}
         return cls.model_validate(record)
     except (ValidationError, ValueError, TypeError) as exc:
         raise CodecError(f"invalid {writer.type_name}: {exc}") from exc

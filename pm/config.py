@@ -33,6 +33,7 @@ class ConfigError(PmError, ValueError):
 @dataclass(frozen=True)
 class Config:
     bootstrap: str = ""
+    app: str = ""  # `module:attr` of the pm.App to run; empty: the bundled customer-email app
     topic_prefix: str = ""
     state_dir: Path = Path(".pm")
     instance_id: str = "pm-0"
@@ -85,6 +86,7 @@ class Config:
 
 _ENV_FIELDS: dict[str, str] = {
     "PM_BOOTSTRAP": "bootstrap",
+    "PM_APP": "app",
     "PM_TOPIC_PREFIX": "topic_prefix",
     "PM_STATE_DIR": "state_dir",
     "PM_INSTANCE_ID": "instance_id",

@@ -223,7 +223,7 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
                 raise DemoFailed(f"expected one pending approval for the refund e-mail, found {len(pending)}")
             approval = pending[0]
             print(f"\nrefund e-mail paused for approval {approval.approval_id}; the draft:\n")
-            print("    " + approval.draft.body.replace("\n", "\n    "))
+            print("    " + str(approval.proposal.get("body", "")).replace("\n", "\n    "))
             if len(_delivered(maildir)) != 1:
                 raise DemoFailed(
                     f"expected 1 delivered message (status e-mail) so far, found {len(_delivered(maildir))}"

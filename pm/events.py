@@ -34,7 +34,9 @@ __all__ = [
     "RefundPolicy",
     "Draft",
     "TimerSpec",
+    "Command",
     "CommandPayload",
+    "Result",
     "ResultPayload",
     # inputs from upstream
     "EmailReceived",
@@ -66,6 +68,7 @@ __all__ = [
     # approvals
     "ApprovalRequested",
     "ApprovalRequestedPayload",
+    "ApprovalField",
     "ApprovalDecided",
     "ApprovalDecidedPayload",
     "ApprovalReminder",
@@ -309,16 +312,19 @@ class SendEmailPayload(CommandPayload):
     in_reply_to: str | None = None
 
 
-class _Command(Event):
-    STEP: ClassVar[Step]
+class Command(Event):
+    """Base of every command (PM -> `cmd.<STEP>`): set `STEP` to the step's name and type the payload
+    with a `CommandPayload` subclass (command_id, attempt)."""
+
+    STEP: ClassVar[str]
 
     @property
     def topic(self) -> str:
-        return f"cmd.{type(self).STEP.value}"
+        return f"cmd.{type(self).STEP}"
 
 
 @event_type
-class ClassifyEmail(_Command):
+class ClassifyEmail(Command):
     TYPE = "ClassifyEmail"
     SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
     STEP = Step.CLASSIFY
@@ -326,21 +332,21 @@ class ClassifyEmail(_Command):
 
 
 @event_type
-class FetchOrder(_Command):
+class FetchOrder(Command):
     TYPE = "FetchOrder"
     STEP = Step.FETCH_ORDER
     payload: FetchOrderPayload
 
 
 @event_type
-class FetchRefundPolicy(_Command):
+class FetchRefundPolicy(Command):
     TYPE = "FetchRefundPolicy"
     STEP = Step.FETCH_REFUND_POLICY
     payload: FetchRefundPolicyPayload
 
 
 @event_type
-class DraftReply(_Command):
+class DraftReply(Command):
     TYPE = "DraftReply"
     SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
     STEP = Step.DRAFT_REPLY
@@ -348,7 +354,7 @@ class DraftReply(_Command):
 
 
 @event_type
-class SendEmail(_Command):
+class SendEmail(Command):
     TYPE = "SendEmail"
     STEP = Step.SEND_EMAIL
     payload: SendEmailPayload
@@ -400,42 +406,44 @@ class StepFailedPayload(ResultPayload):
     llm: LlmCall | None = None
 
 
-class _Result(Event):
+class Result(Event):
+    """Base of every step result (-> `step.results`): type the payload with a `ResultPayload` subclass."""
+
     TOPIC = "step.results"
 
 
 @event_type
-class EmailClassified(_Result):
+class EmailClassified(Result):
     TYPE = "EmailClassified"
     payload: EmailClassifiedPayload
 
 
 @event_type
-class OrderFetched(_Result):
+class OrderFetched(Result):
     TYPE = "OrderFetched"
     payload: OrderFetchedPayload
 
 
 @event_type
-class RefundPolicyFetched(_Result):
+class RefundPolicyFetched(Result):
     TYPE = "RefundPolicyFetched"
     payload: RefundPolicyFetchedPayload
 
 
 @event_type
-class ReplyDrafted(_Result):
+class ReplyDrafted(Result):
     TYPE = "ReplyDrafted"
     payload: ReplyDraftedPayload
 
 
 @event_type
-class EmailSent(_Result):
+class EmailSent(Result):
     TYPE = "EmailSent"
     payload: EmailSentPayload
 
 
 @event_type
-class StepFailed(_Result):
+class StepFailed(Result):
     TYPE = "StepFailed"
     payload: StepFailedPayload
 
@@ -443,17 +451,33 @@ class StepFailed(_Result):
 # ---------------------------------------------------------------- approvals
 
 
+class ApprovalField(Model):
+    """One line the reviewer sees: a label and its value."""
+
+    label: str
+    value: str
+
+
 class ApprovalRequestedPayload(Model):
+    """A proposal a human must approve, of any process: what, why, and what the reviewer needs to see.
+
+    `proposal` is the canonical JSON (`pm.approvals.canonical_json`) of the app's model the process
+    will act on (`proposal_type` names it); `draft_hash` is its sha256, which every decision must
+    quote, so a decision binds to exactly this content. An `edit` replaces the proposal's `editable`
+    field (and the fields a reviewer sets, see ApprovalDecided); the process checks the edit.
+    """
+
     approval_id: str
-    draft_hash: str  # sha256 hex of the draft the reviewer approves; decisions must quote it
-    policy_version: str
-    email: Email
-    intent: str
-    risk: str
-    order: Order | None
-    draft: Draft
-    guard_verdict: list[str]  # guard findings (empty when the draft passed)
-    reasons: list[str]  # why approval is required (e.g. "refund intent", "high risk")
+    draft_hash: str  # sha256 hex of `proposal`; decisions must quote it (name kept from schema v1)
+    policy_version: str  # the rules the proposal was checked against; decisions must quote it
+    proposal_type: str
+    proposal: str
+    editable: str | None = None  # the proposal field an edit replaces (e.g. "body"); None: no edits
+    title: str  # one line for lists
+    display: list[ApprovalField] = Field(default_factory=list)  # the facts, in order
+    context: str = "{}"  # JSON object with what else the reviewer may need (the input, looked-up data)
+    findings: list[str] = Field(default_factory=list)  # what the process's checks found
+    reasons: list[str]  # why a human must decide
     requested_at: Timestamp
     deadline: Timestamp
 
@@ -466,10 +490,9 @@ class ApprovalDecidedPayload(Model):
     policy_version: str
     reason: str | None = None
     edited_body: str | None = None
-    # An edit's money claims, signed with it (schema v2); None keeps the draft's claims. The guard
-    # checks the edited text against them: an amount the text states must be the declared refund.
-    edited_refund_cents: int | None = Field(default=None, ge=0, le=MAX_CENTS)
-    edited_promises: list[str] | None = None
+    # An edit's other proposal fields, as a JSON object the reviewer signs (schema v2), e.g. the claims
+    # that go with the edited text; None keeps the proposal's. The process checks them with the edit.
+    edited_fields: str | None = Field(default=None, max_length=20_000)
     decided_at: Timestamp
     key_id: str = ""
     signature: str = ""  # hex HMAC-SHA256 over the canonical payload with signature=""
@@ -478,7 +501,9 @@ class ApprovalDecidedPayload(Model):
 @event_type
 class ApprovalRequested(Event):
     TYPE = "ApprovalRequested"
-    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
+    # 3: a generic proposal instead of the e-mail draft (v1, v2 kept under schemas/; the bundled app
+    # upcasts them); 2: Email gained `labels`.
+    SCHEMA_VERSION = 3
     TOPIC = "approvals.requested"
     payload: ApprovalRequestedPayload
 

@@ -81,7 +81,7 @@ class ProcessRecord:
 
     @property
     def status(self) -> str:
-        return str(self.state.status.value)
+        return str(self.state.status)
 
     @property
     def active(self) -> bool:

@@ -14,15 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from pm.events import Event, TimerSpec
 
 __all__ = [
     "Status",
     "TERMINAL",
+    "ACTIVE",
     "ProcessState",
     "Decision",
     "ProcessDefinition",
@@ -39,15 +40,20 @@ class InvalidInput(ValueError):
 
 
 class Status(StrEnum):
+    """The statuses the core knows. A process may end with any other outcome it names (e.g. "sent")."""
+
     RUNNING = "running"
     WAITING_FOR_APPROVAL = "waiting_for_approval"
-    SENT = "sent"
+    SENT = "sent"  # the bundled customer-email app's outcome (kept here while that app moves out)
     REJECTED = "rejected"
     ESCALATED = "escalated"
     FAILED = "failed"
 
 
-TERMINAL = frozenset({Status.SENT, Status.REJECTED, Status.ESCALATED, Status.FAILED})
+# A process is active while running or waiting for a human; every other status is terminal.
+ACTIVE = frozenset({Status.RUNNING, Status.WAITING_FOR_APPROVAL})
+TERMINAL = frozenset({Status.SENT, Status.REJECTED, Status.ESCALATED, Status.FAILED})  # the known ones
+_OUTCOME = r"^[a-z][a-z0-9_-]{0,39}$"
 
 
 class ProcessState(BaseModel):
@@ -56,12 +62,15 @@ class ProcessState(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     correlation_id: str
-    status: Status = Status.RUNNING
+    # A `Status`, or the outcome a process names when it ends (lower-case word: "sent", "credited").
+    status: Annotated[Status | Annotated[str, StringConstraints(pattern=_OUTCOME)], Field(union_mode="left_to_right")] = (
+        Status.RUNNING
+    )
     reason: str | None = None  # why terminal (escalated / failed / rejected), for humans
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL
+        return self.status not in ACTIVE
 
 
 S = TypeVar("S", bound=ProcessState)

@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from pm.app import load_app
 from pm.codec import decode
 from pm.config import Config
 from pm.errors import PmError
@@ -111,11 +112,9 @@ def journal_size_estimate(config: Config) -> int:
 # ---------------------------------------------------------------- definitions
 
 
-def deployed_registry() -> Registry:
-    """The deployed process definitions (`pm.processes.DEFINITIONS`)."""
-    from pm.processes import DEFINITIONS
-
-    return Registry(DEFINITIONS)
+def deployed_registry(config: Config | None = None) -> Registry:
+    """The deployed process definitions: the configured app's (`--app`, `PM_APP`, else the bundled one)."""
+    return Registry(load_app(config.app or None if config is not None else None).processes)
 
 
 def load_definition(spec: str) -> ProcessDefinition[Any]:
@@ -208,7 +207,7 @@ def _event_json(event: Event) -> dict[str, Any]:
     out: dict[str, Any] = {"type": event.type, "event_id": event.event_id}
     step = getattr(type(event), "STEP", None)
     if step is not None:
-        out["step"] = str(step.value)
+        out["step"] = str(step)
     for name in ("attempt", "command_id", "approval_id"):
         value = getattr(event.payload, name, None)
         if value is not None:
@@ -443,7 +442,7 @@ class Replayer:
                     self.state = outcome.decision.state
                     if self.verify:
                         self.checked += 1
-                        diffs = _compare(record, recorded, outcome.decision, str(self.state.status.value))
+                        diffs = _compare(record, recorded, outcome.decision, str(self.state.status))
                 else:
                     # Today's code refuses what was applied: the record wins, the process is failed.
                     self.state = self.state.model_copy(
@@ -563,7 +562,7 @@ def replay_process(
     return replay_records(
         correlation_id,
         records_for(config, correlation_id),
-        registry or deployed_registry(),
+        registry or deployed_registry(config),
         verify=verify,
         until=until,
         definition=definition,
@@ -601,7 +600,7 @@ def verify_all(
     config: Config, registry: Registry | None = None, *, progress: Progress | None = None
 ) -> VerifyReport:
     """`--verify` for every process in the journal (one pass, all partitions)."""
-    registry = registry or deployed_registry()
+    registry = registry or deployed_registry(config)
     replayers: dict[str, Replayer] = {}
     report = VerifyReport()
     for n, record in enumerate(iter_journal(config), start=1):
@@ -631,12 +630,12 @@ def verify_all(
 def _route_label(event: Event) -> str:
     step = getattr(type(event), "STEP", None)
     attempt = getattr(event.payload, "attempt", None)
-    return f"{event.type}({step.value}#{attempt})" if step is not None else event.type
+    return f"{event.type}({step}#{attempt})" if step is not None else event.type
 
 
 def _steps_of(events: Iterable[Event]) -> set[str]:
     # "approval" counts as a step: asking a human is the costliest route change of all.
-    steps = {str(s.value) for e in events if (s := getattr(type(e), "STEP", None)) is not None}
+    steps = {str(s) for e in events if (s := getattr(type(e), "STEP", None)) is not None}
     return steps | {"approval" for e in events if e.type == "ApprovalRequested"}
 
 
@@ -768,13 +767,13 @@ class _WhatIf:
                 self.new.events.append(e)
         elif outcome.outcome == "failed":
             self.state = self.state.model_copy(update={"status": Status.FAILED, "reason": outcome.reason})
-        self.new.status = str(self.state.status.value)
+        self.new.status = str(self.state.status)
         self.new.reason = self.state.reason
 
     def result(self, correlation_id: str) -> WhatIfProcess:
         old, new = self.recorded, self.new
         if new.status is None:  # only rejected entries: the new definition never moved either
-            new.status = str(self.state.status.value) if self.state is not None else None
+            new.status = str(self.state.status) if self.state is not None else None
         old_steps, new_steps = _steps_of(old.events), _steps_of(new.events)
         divergence = next(
             (i for i, (a, b) in enumerate(zip(old.route, new.route, strict=False)) if a != b),
@@ -912,7 +911,7 @@ def inspect_process(config: Config, correlation_id: str, registry: Registry | No
     state: dict[str, Any] | None = None
     note: str | None = None
     try:
-        replay = replay_records(correlation_id, records, registry or deployed_registry())
+        replay = replay_records(correlation_id, records, registry or deployed_registry(config))
         state = _state_json(replay.state)
     except (ReplayError, RegistryError) as exc:  # the timeline stands without a deployed definition
         note = str(exc)

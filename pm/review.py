@@ -23,6 +23,7 @@ a thin CLI over this module.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Iterable
@@ -37,8 +38,9 @@ from pm.client import produce_event
 from pm.codec import CodecError, decode
 from pm.config import Config
 from pm.errors import PmError
-from pm.events import ApprovalDecided, ApprovalReminder, ApprovalRequested, Draft, Event
+from pm.events import ApprovalDecided, ApprovalReminder, ApprovalRequested, Event
 from pm.kafka import make_consumer, make_producer
+from pm.proposals import canonical_json
 
 __all__ = [
     "REQUESTS_TOPIC",
@@ -54,6 +56,15 @@ REQUESTS_TOPIC = "approvals.requested"
 DECISIONS_TOPIC = "approvals"
 
 Status = Literal["pending", "decided", "superseded"]
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object from a request field; anything else (a bug upstream) is shown as `{"raw": text}`."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": text}
 
 
 class ReviewError(PmError, RuntimeError):
@@ -91,8 +102,9 @@ class PendingApproval:
         return self.request.payload.deadline
 
     @property
-    def draft(self) -> Draft:
-        return self.request.payload.draft
+    def proposal(self) -> dict[str, Any]:
+        """The proposal the reviewer approves (the app's model as a JSON object)."""
+        return _json_object(self.request.payload.proposal)
 
     @property
     def status(self) -> Status:
@@ -117,12 +129,10 @@ class PendingApproval:
             "requested_at": payload.model_dump(mode="json")["requested_at"],
             "deadline": payload.model_dump(mode="json")["deadline"],
             "reminders": len(self.reminders),
-            "subject": payload.email.subject,
-            "sender": payload.email.sender,
-            "order_id": payload.order.order_id if payload.order else payload.email.order_id,
-            "draft_body": payload.draft.body,
         }
         data.update({k: v for k, v in payload.model_dump(mode="json").items() if k not in data})
+        data["proposal"] = self.proposal
+        data["context"] = _json_object(payload.context)
         data["decisions"] = [d.model_dump(mode="json") for d in self.decisions]
         data["ignored_decisions"] = [
             {
@@ -257,28 +267,26 @@ class ReviewClient:
         reviewer: str,
         body: str,
         *,
-        refund_cents: int | None = None,
-        promises: list[str] | None = None,
+        fields: dict[str, Any] | None = None,
         force: bool = False,
     ) -> Published:
-        """Approve with a corrected reply body; the PM runs the guard on it before anything is sent.
+        """Approve with a corrected text for the proposal's editable field; the process checks it first.
 
-        `refund_cents` / `promises` declare the edit's money claims (signed with it); None keeps the
-        draft's. An amount the edited text states must equal the declared refund, or the PM refuses it.
+        `fields` sets other proposal fields with the edit (signed with it; e.g. the e-mail app's
+        `refund_cents`, which must match any amount the edited text states); None keeps the proposal's.
         """
         if not body.strip():
-            raise ReviewError("an edit needs the corrected reply text (it is empty)")
-        if refund_cents is not None and refund_cents < 0:
-            raise ReviewError(f"--refund-cents must be 0 or more, not {refund_cents}")
-        return self._decide(
-            approval_id,
-            reviewer,
-            "edit",
-            edited_body=body,
-            edited_refund_cents=refund_cents,
-            edited_promises=promises,
-            force=force,
-        )
+            raise ReviewError("an edit needs the corrected text (it is empty)")
+        record = self.show(approval_id)
+        if record.request.payload.editable is None:
+            raise ReviewError(f"approval {approval_id} takes no edits: approve or reject it")
+        unknown = sorted(set(fields or {}) - set(record.proposal))
+        if unknown:
+            raise ReviewError(
+                f"the proposal has no field(s) {', '.join(unknown)}; its fields: {', '.join(sorted(record.proposal))}"
+            )
+        edited = canonical_json(fields) if fields else None
+        return self._decide(approval_id, reviewer, "edit", edited_body=body, edited_fields=edited, force=force)
 
     def _decide(
         self,
@@ -288,8 +296,7 @@ class ReviewClient:
         *,
         reason: str | None = None,
         edited_body: str | None = None,
-        edited_refund_cents: int | None = None,
-        edited_promises: list[str] | None = None,
+        edited_fields: str | None = None,
         force: bool,
     ) -> Published:
         if not reviewer.strip():
@@ -308,8 +315,7 @@ class ReviewClient:
             policy_version=payload.policy_version,
             reason=reason,
             edited_body=edited_body,
-            edited_refund_cents=edited_refund_cents,
-            edited_promises=edited_promises,
+            edited_fields=edited_fields,
             key_id=key_id,
             secret=secret,
             causation_id=record.request.event_id,

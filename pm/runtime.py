@@ -44,6 +44,7 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pm import telemetry
+from pm.app import App, load_app
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC, dead_letter
@@ -69,18 +70,16 @@ from pm.process import InvalidInput, ProcessDefinition, Status
 from pm.registry import Registry
 from pm.store import PartitionStore, StoreError, StoreWrite, TimerEntry, store_path
 from pm.timers import TimerService, fired_event
-from pm.topics import PM_INPUT_TOPICS, check_topics, load_layout
+from pm.topics import check_topics, load_layout
 
 __all__ = [
     "ProcessManager",
     "RuntimeStats",
     "FencedError",
     "run_process_manager",
-    "default_definitions",
     "stage_change",
 ]
 
-EMAIL_TOPIC = "email.received"
 # A catch-up of one partition this long leaves enough freed heap to be worth returning (checked per
 # partition: a rebuild of many small partitions does not trim, and does not need to).
 TRIM_AFTER_ENTRIES = 10_000
@@ -90,13 +89,6 @@ TIMERS_TOPIC = "pm.timers"
 
 class FencedError(PmError, RuntimeError):
     """Another instance with the same --instance-id took over; this one must stop."""
-
-
-def default_definitions() -> list[ProcessDefinition[Any]]:
-    """The deployed process definitions (`pm.processes.DEFINITIONS`)."""
-    from pm.processes import DEFINITIONS  # imported late: the runtime does not depend on one process
-
-    return list(DEFINITIONS)
 
 
 def stage_change(write: StoreWrite, old: ProcessRecord | None, new: ProcessRecord) -> None:
@@ -121,7 +113,7 @@ class RuntimeStats:
     dlq: int = 0
     timers_fired: int = 0
     aborts: int = 0
-    deferred: int = 0  # email.received records put back because of backpressure
+    deferred: int = 0  # start-topic records put back because of backpressure
 
 
 @dataclass
@@ -180,6 +172,7 @@ class ProcessManager:
         config: Config,
         definitions: Sequence[ProcessDefinition[Any]] | None = None,
         *,
+        app: App | None = None,
         max_active: int = 1000,
         rebuild: bool = False,
         verifier: Verifier | None = None,
@@ -191,7 +184,11 @@ class ProcessManager:
         catch_up_timeout: float = 60.0,
     ) -> None:
         self.config = config
-        self.registry = Registry(definitions if definitions is not None else default_definitions())
+        self.app = app if app is not None else load_app(config.app or None)
+        self.registry = Registry(definitions if definitions is not None else self.app.processes)
+        # New processes open from these topics; those with backpressure pause above max_active.
+        self._input_topics = self.app.input_topics
+        self._backpressure_topics = frozenset(config.topic(t) for t in self.app.backpressure_topics)
         self.max_active = max_active
         self.rebuild = rebuild
         self.verifier = verifier
@@ -246,7 +243,7 @@ class ProcessManager:
         return f"{self.config.topic_prefix}pm"
 
     def start(self) -> None:
-        layout = load_layout()
+        layout = load_layout(app=self.app)
         problems = check_topics(self.config, layout)
         if problems:
             raise PmError("the topics do not fit the process manager:\n  " + "\n  ".join(problems))
@@ -254,7 +251,7 @@ class ProcessManager:
         # check_topics just verified the broker has. Not live metadata: partitions an operator adds
         # later move keys (hash mod n changes) while the stores and journal stay placed by the old
         # count, so records routed by the new count must be refused, not decided on a foreign store.
-        self._partitions = {self.config.topic(t): layout.spec(t).partitions for t in PM_INPUT_TOPICS}
+        self._partitions = {self.config.topic(t): layout.spec(t).partitions for t in self._input_topics}
         self._journal_topic_id = self._topic_id(self.config.topic(JOURNAL_TOPIC))
         # The producer first: init_transactions fences and aborts what a previous run of this
         # instance left open, which would otherwise hold read_committed (and our catch-up) back.
@@ -274,7 +271,7 @@ class ProcessManager:
             },
         )
         self.consumer.subscribe(
-            [self.config.topic(t) for t in PM_INPUT_TOPICS],
+            [self.config.topic(t) for t in self._input_topics],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -314,7 +311,7 @@ class ProcessManager:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assignment = list(partitions)
-        # librdkafka keeps an application pause across revoke/assign: an e-mail partition paused
+        # librdkafka keeps an application pause across revoke/assign: a start-topic partition paused
         # before a rebalance would never be fetched again. Start unpaused; _backpressure re-pauses.
         consumer.resume(partitions)
         self._paused = []
@@ -599,7 +596,7 @@ class ProcessManager:
                     "UnknownProcess",
                 )
                 return
-            if topic == EMAIL_TOPIC and self._active_count(batch) >= self.max_active:
+            if physical in self._backpressure_topics and self._active_count(batch) >= self.max_active:
                 # Backpressure: put this record (and the rest of its partition) back; resume later.
                 batch.deferred[(physical, partition)] = offset
                 return
@@ -940,14 +937,14 @@ class ProcessManager:
         return self.active_count() + batch.active_delta
 
     def _backpressure(self, force_pause: bool = False) -> None:
-        emails = [tp for tp in self._assignment if tp.topic == self.config.topic(EMAIL_TOPIC)]
-        if not emails:
+        starts = [tp for tp in self._assignment if tp.topic in self._backpressure_topics]
+        if not starts:
             return
         if (force_pause or self.active_count() >= self.max_active) and not self._paused:
-            self.consumer.pause(emails)
-            self._paused = emails
+            self.consumer.pause(starts)
+            self._paused = starts
             print(
-                f"pm: {self.active_count()} active processes (max {self.max_active}): pausing new e-mails",
+                f"pm: {self.active_count()} active processes (max {self.max_active}): pausing new processes",
                 file=self.log,
                 flush=True,
             )
@@ -1027,6 +1024,7 @@ def run_process_manager(
     rebuild: bool = False,
     stop: threading.Event | None = None,
     definitions: Sequence[ProcessDefinition[Any]] | None = None,
+    app: App | None = None,
     verifier: Verifier | None = None,
     log: TextIO | None = None,
     on_started: Callable[[ProcessManager], None] | None = None,
@@ -1045,7 +1043,7 @@ def run_process_manager(
         except ImportError:
             verifier = None
     manager = ProcessManager(
-        config, definitions, max_active=max_active, rebuild=rebuild, verifier=verifier, log=log, **options
+        config, definitions, app=app, max_active=max_active, rebuild=rebuild, verifier=verifier, log=log, **options
     )
     previous: dict[signal.Signals, Any] = {}
     if threading.current_thread() is threading.main_thread():

@@ -1,16 +1,26 @@
-"""topics.yaml: load it, create what is missing, verify what exists."""
+"""The topic layout: topics.yaml plus the topics an app derives; create what is missing, verify what exists.
+
+topics.yaml holds the core topics (journal, timers, approvals, results, DLQ), a `defaults`
+entry, and overrides (partitions, configs) for any app topic. An app adds its start topics
+(co-partitioned with the PM inputs and the journal) and one `cmd.<step>` per step; a topic
+topics.yaml does not name gets the defaults (start topics: the co-partitioned count).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from pm.config import Config
+
+if TYPE_CHECKING:
+    from pm.app import App
 from pm.errors import PmError
 from pm.kafka import make_admin
 
@@ -23,11 +33,12 @@ __all__ = [
     "check_topics",
     "default_layout_path",
     "STEP_TOPIC_PREFIX",
-    "PM_INPUT_TOPICS",
+    "CORE_TOPICS",
 ]
 
 STEP_TOPIC_PREFIX = "cmd."
-PM_INPUT_TOPICS = ("email.received", "approvals", "step.results", "pm.timers")
+# Topics of the core, whatever the app: created from topics.yaml for every app.
+CORE_TOPICS = ("pm.journal", "pm.timers", "pm.dlq", "approvals", "approvals.requested", "step.results")
 
 
 class TopicError(PmError, RuntimeError):
@@ -46,6 +57,7 @@ class TopicSpec:
 class TopicLayout:
     topics: Mapping[str, TopicSpec]
     co_partitioned: tuple[str, ...]
+    default: TopicSpec = TopicSpec("default", 6, 1)  # for app topics topics.yaml does not name
 
     def spec(self, name: str) -> TopicSpec:
         return self.topics[name]
@@ -56,8 +68,36 @@ def default_layout_path() -> Path:
     return Path(__file__).resolve().parent.parent / "topics.yaml"
 
 
-def load_layout(path: Path | None = None) -> TopicLayout:
-    path = path or default_layout_path()
+def load_layout(path: Path | None = None, app: App | None = None) -> TopicLayout:
+    """topics.yaml (`path`, default the repository's); with `app`, only the core topics and the app's own."""
+    layout = _read_layout(path or default_layout_path())
+    return layout if app is None else _for_app(layout, app)
+
+
+def _for_app(layout: TopicLayout, app: App) -> TopicLayout:
+    co_count = layout.topics[layout.co_partitioned[0]].partitions if layout.co_partitioned else 1
+    wanted = {**{t: co_count for t in app.input_topics}, **{s.topic: layout.default.partitions for s in app.steps}}
+    topics = {name: spec for name, spec in layout.topics.items() if name in CORE_TOPICS}
+    for name, partitions in wanted.items():
+        base = layout.topics.get(name) or TopicSpec(
+            name, partitions, layout.default.replication_factor, dict(layout.default.config)
+        )
+        options: Mapping[str, Any] = app.topic_options.get(name, {})
+        topics[name] = TopicSpec(
+            name=name,
+            partitions=int(options.get("partitions", base.partitions)),
+            replication_factor=int(options.get("replication_factor", base.replication_factor)),
+            config={**base.config, **{str(k): str(v) for k, v in dict(options.get("config", {})).items()}},
+        )
+    co = tuple(dict.fromkeys((*app.input_topics, *(t for t in layout.co_partitioned if t in CORE_TOPICS))))
+    counts = {topics[t].partitions for t in co}
+    if len(counts) > 1:
+        detail = ", ".join(f"{t}={topics[t].partitions}" for t in co)
+        raise TopicError(f"app {app.name!r}: PM inputs and the journal must share one partition count ({detail})")
+    return TopicLayout(topics=topics, co_partitioned=co, default=layout.default)
+
+
+def _read_layout(path: Path) -> TopicLayout:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -74,6 +114,13 @@ def load_layout(path: Path | None = None) -> TopicLayout:
             for name, body in data["topics"].items()
         }
         co = tuple(data.get("co_partitioned", ()))
+        fallback = data.get("defaults") or {}
+        default = TopicSpec(
+            name="default",
+            partitions=int(fallback.get("partitions", 6)),
+            replication_factor=int(fallback.get("replication_factor", rf)),
+            config={str(k): str(v) for k, v in (fallback.get("config") or {}).items()},
+        )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise TopicError(f"{path}: malformed ({exc!r}); each topic needs `partitions`") from exc
     missing = [t for t in co if t not in topics]
@@ -84,7 +131,7 @@ def load_layout(path: Path | None = None) -> TopicLayout:
         raise TopicError(
             f"{path}: co_partitioned topics must share one partition count, found {sorted(counts)}"
         )
-    return TopicLayout(topics=topics, co_partitioned=co)
+    return TopicLayout(topics=topics, co_partitioned=co, default=default)
 
 
 def _existing(admin: AdminClient, timeout: float = 10.0) -> dict[str, int]:

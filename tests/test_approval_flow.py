@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import threading
 import time
 import uuid
@@ -353,15 +354,14 @@ def test_refund_email_pauses_and_approval_sends_it_once(flow: Flow) -> None:
     request = waiting_request(flow.config, flow.watch, cid)
     time.sleep(0.5)  # give a wrong PM every chance to send anyway
     assert flow.steps.sends(cid) == []
-    assert request.payload.reasons and request.payload.draft == draft_for(
-        request.payload.email.order_id or ""
-    )
+    proposed = Draft.model_validate_json(request.payload.proposal)
+    assert request.payload.reasons and proposed == draft_for(json.loads(request.payload.context)["email"]["order_id"])
 
     flow.review.approve(request.payload.approval_id, "alice")
     flow.watch.wait_status(cid, "sent")
     flow.watch.wait("the SendEmail to be answered", lambda: len(flow.steps.sends(cid)) == 1)
     [send] = flow.steps.sends(cid)
-    assert send.payload.body == request.payload.draft.body and send.payload.to == "ana@example.net"
+    assert send.payload.body == proposed.body and send.payload.to == "ana@example.net"
 
     # A second approval (the reviewer clicked twice) is journalled as refused; still one send.
     flow.review.approve(request.payload.approval_id, "bob", force=True)
@@ -386,7 +386,7 @@ def test_reject_ends_the_process_without_sending(flow: Flow) -> None:
 def test_edit_is_sent_only_after_it_passes_the_guard(flow: Flow) -> None:
     cid = send_email(flow.config)
     request = waiting_request(flow.config, flow.watch, cid)
-    order_id = request.payload.draft.order_id
+    order_id = Draft.model_validate_json(request.payload.proposal).order_id
     flow.review.edit(
         request.payload.approval_id, "alice", "Sorry! Refund on its way."
     )  # too short, no order ID
@@ -523,6 +523,6 @@ def test_pm_restart_while_waiting_keeps_waiting_and_applies_a_decision_made_whil
             with pm_running(config, budgets):
                 watch.wait_status(cid, "sent")
                 watch.wait("the SendEmail to be answered", lambda: len(steps.sends(cid)) == 1)
-        assert [s.payload.body for s in steps.sends(cid)] == [request.payload.draft.body]
+        assert [s.payload.body for s in steps.sends(cid)] == [json.loads(request.payload.proposal)["body"]]
     finally:
         watch.close()

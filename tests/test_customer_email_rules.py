@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -368,15 +369,19 @@ def test_refund_path_waits_for_approval_then_sends_once() -> None:
     approval = run.s.approval
     assert approval is not None and p.approval_id == approval.approval_id
     assert req.event_id == derive_id(CID, "ApprovalRequested", p.approval_id)
-    assert p.draft == REFUND_DRAFT and p.draft_hash == draft_hash(REFUND_DRAFT)
-    assert p.policy_version == "refund-v3" and p.intent == "refund_request" and p.order == ORDER
+    # The proposal is the draft itself (its hash binds the decision); the context what the reviewer needs.
+    assert Draft.model_validate_json(p.proposal) == REFUND_DRAFT and p.draft_hash == draft_hash(REFUND_DRAFT)
+    assert p.proposal_type == "Draft" and p.editable == "body"
+    context = json.loads(p.context)
+    assert p.policy_version == "refund-v3" and context["intent"] == "refund_request"
+    assert Order.model_validate(context["order"]) == ORDER
     assert p.reasons == [
         "refund intent (refund_request)",
         "offers a refund of 900 cents",
         "makes promises: refund_shipping",
         "the reply mentions money, a refund or a commitment (amounts 9.00 usd; terms refund)",
     ]
-    assert p.guard_verdict == [] and p.requested_at == run.at(1)
+    assert p.findings == [] and p.requested_at == run.at(1)
     assert p.deadline == run.at(1) + APPROVAL_TIMEOUT
     assert run.s.status is Status.WAITING_FOR_APPROVAL and run.s.stage == "awaiting_approval"
     assert sorted(t.name for t in d.schedule) == [

@@ -140,7 +140,7 @@ def test_an_edit_with_a_declared_amount_within_policy_is_sent() -> None:
     run = Run()
     run.to_approval()
     body = "Hello Jane, we refund 45.00 USD of order A1001 to your card. Kind regards, Support."
-    d = run.decide_approval("edit", edited_body=body, edited_refund_cents=4500, edited_promises=["refund"])
+    d = run.decide_approval("edit", edited_body=body, edited_fields='{"refund_cents": 4500, "promises": ["refund"]}')
     assert d.rejection is None and only(d, SendEmail).payload.body == body
     assert run.s.draft is not None and run.s.draft.refund_cents == 4500
 
@@ -149,7 +149,7 @@ def test_an_edit_declaring_more_than_the_policy_allows_is_refused() -> None:
     run = Run()
     run.to_approval()  # policy: at most 5000 cents and half of 12000
     body = "Hello Jane, we refund 90.00 USD of order A1001 to your card. Kind regards, Support."
-    d = run.decide_approval("edit", edited_body=body, edited_refund_cents=9000, edited_promises=["refund"])
+    d = run.decide_approval("edit", edited_body=body, edited_fields='{"refund_cents": 9000, "promises": ["refund"]}')
     assert d.rejection is not None and "exceeds" in d.rejection
 
 
@@ -210,3 +210,21 @@ def test_a_reply_that_parrots_the_e_mail_is_repaired() -> None:
     d = run.drafted(parrot)
     assert not any(isinstance(c, SendEmail) for c in d.commands)
     assert any("repeats the customer's e-mail word for word" in v for v in run.s.violations)
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ("not json", "edited fields are not JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"body": "x"}', "goes in edited_body"),
+        ('{"refund_cents": -5}', "refund_cents"),
+        ('{"teleport": true}', "teleport"),
+    ],
+)
+def test_malformed_edited_fields_are_refused(fields: str, reason: str) -> None:
+    run = Run()
+    run.to_approval()
+    before = run.s
+    d = run.decide_approval("edit", edited_body=GOOD_BODY, edited_fields=fields)
+    assert d.rejection is not None and reason in d.rejection and d.state is before

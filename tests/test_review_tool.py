@@ -25,13 +25,13 @@ from pm.events import (
     ApprovalReminder,
     ApprovalReminderPayload,
     ApprovalRequested,
-    ApprovalRequestedPayload,
     Draft,
     Email,
     Event,
     Order,
 )
 from pm.kafka import make_consumer, make_producer
+from pm.processes.approval_request import approval_payload
 from pm.review import ReviewClient, ReviewError, UnknownApproval
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
@@ -72,16 +72,15 @@ def request(
         correlation_id=correlation_id,
         causation_id=str(uuid.uuid4()),
         occurred_at=requested_at,
-        payload=ApprovalRequestedPayload(
+        payload=approval_payload(
             approval_id=f"appr-{n}-{uuid.uuid4().hex[:8]}",
-            draft_hash=uuid.uuid4().hex * 2,
             policy_version="refund-v3",
             email=email,
             intent="refund_request",
             risk="medium",
             order=order,
             draft=draft,
-            guard_verdict=[],
+            findings=[],
             reasons=["refund intent"],
             requested_at=requested_at,
             deadline=requested_at + deadline,
@@ -205,8 +204,9 @@ def test_list_is_pending_requests_oldest_first(review: Config, capsys: pytest.Ca
     first = listed[0]
     assert first["correlation_id"] == older.correlation_id
     assert first["requested_at"] == older.payload.model_dump(mode="json")["requested_at"]
-    assert first["draft"] == older.payload.draft.model_dump(mode="json")
-    assert first["draft_body"] == older.payload.draft.body
+    assert first["proposal"] == json.loads(older.payload.proposal)
+    assert first["proposal"]["body"] == "Dear Ana,\nwe refund the shipping cost of 4.90 USD.\nSupport"
+    assert first["context"]["email"]["sender"] == "ana@example.net" and first["title"].startswith("Reply to")
     assert first["draft_hash"] == older.payload.draft_hash
     assert first["reminders"] == 1 and first["status"] == "pending" and first["expired"] is False
 
@@ -232,7 +232,8 @@ def test_approve_via_cli_publishes_a_signed_decision_keyed_for_the_pm(
     req = request(1)
     publish(review, req)
     code, out, _ = cli(review, "approvals", "show", req.payload.approval_id, capsys=capsys)
-    assert code == 0 and req.payload.draft.body.splitlines()[1] in out and req.correlation_id in out
+    body = json.loads(req.payload.proposal)["body"]
+    assert code == 0 and body.splitlines()[1] in out and req.correlation_id in out
 
     code, out, err = cli(
         review, "approvals", "approve", req.payload.approval_id, "--reviewer", "alice", capsys=capsys

@@ -26,6 +26,7 @@ from pm.acls import (
     render_kafka_acls,
     to_kafka_binding,
 )
+from pm.app import load_app
 from pm.config import Config
 from pm.errors import PmError
 from pm.topics import load_layout
@@ -79,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _acls(args: argparse.Namespace, config: Config) -> int:
-    layout = load_layout(args.file)
+    layout = load_layout(args.file, app=load_app(config.app or None))
     principals = parse_principal_overrides(args.principal, layout)
     grants = acl_grants(config, layout, components=args.component, principals=principals)
     if not args.apply:

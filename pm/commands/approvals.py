@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from pm.approvals import add_local_reviewers, ensure_local_key, key_file, load_keys, load_reviewers
 from pm.config import Config
@@ -43,21 +44,15 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     reject = decision_parser("reject", "reject: nothing is sent")
     reject.add_argument("--reason", required=True, help="why (kept in the journal)")
     reject.set_defaults(handler=_reject)
-    edit = decision_parser("edit", "send a corrected reply instead (it must pass the guard)")
-    edit.add_argument("--file", required=True, help="the corrected reply body; '-' reads stdin")
+    edit = decision_parser("edit", "approve a corrected text instead (the process checks it first)")
+    edit.add_argument("--file", required=True, help="the corrected text of the editable field; '-' reads stdin")
     edit.add_argument(
-        "--refund-cents",
-        type=int,
-        default=None,
-        help="the refund the edited reply offers, in cents (signed; default: the draft's). "
-        "Any amount the text states must equal it",
-    )
-    edit.add_argument(
-        "--promise",
+        "--set",
         action="append",
-        default=None,
-        dest="promises",
-        help="a promise code the edited reply makes, e.g. refund_shipping (repeatable; default: the draft's)",
+        default=[],
+        metavar="FIELD=JSON",
+        help="also set a proposal field, signed with the edit, e.g. --set refund_cents=4500 "
+        "--set 'promises=[\"refund\"]' (repeatable; default: the proposal's values)",
     )
     edit.set_defaults(handler=_edit)
 
@@ -85,7 +80,7 @@ def _list(args: argparse.Namespace, config: Config) -> int:
         status = "" if record.status == "pending" else f" [{record.status}]"
         print(
             f"{record.approval_id}  {view['requested_at']}  {record.correlation_id}  "
-            f"{view['intent']}/{view['risk']}  {view['subject']!r}  "
+            f"{view['title']!r}  "
             f"deadline {view['deadline']}{flags}{status}"
         )
     _warn_skipped(client)
@@ -105,28 +100,21 @@ def _show(args: argparse.Namespace, config: Config) -> int:
         f"correlation  {record.correlation_id}",
         f"requested    {view['requested_at']}   deadline {view['deadline']}   reminders {view['reminders']}",
         f"why          {', '.join(payload.reasons) or '-'}",
-        f"intent/risk  {payload.intent} / {payload.risk}",
         f"policy       {payload.policy_version}",
-        f"draft hash   {payload.draft_hash}",
-        f"guard        {'; '.join(payload.guard_verdict) or 'passed'}",
+        f"hash         {payload.draft_hash}",
+        f"checks       {'; '.join(payload.findings) or 'passed'}",
         "",
-        f"e-mail from {payload.email.sender} to {payload.email.recipient}: {payload.email.subject}",
-        _indent(payload.email.body),
-        "",
+        payload.title,
     ]
-    if payload.order is not None:
-        o = payload.order
-        lines += [
-            f"order {o.order_id}: {o.status} via {o.carrier}, total {o.total_cents / 100:.2f} {o.currency}, "
-            f"shipping {o.shipping_cost_cents / 100:.2f}",
-            "",
-        ]
-    draft = payload.draft
-    lines += [
-        f"draft: {draft.subject}   (refund {draft.refund_cents / 100:.2f}, promises: "
-        f"{', '.join(draft.promises) or '-'})",
-        _indent(draft.body),
-    ]
+    # The facts the process chose to show, then the proposal itself (its editable text last, in full).
+    width = max((len(f.label) for f in payload.display), default=0)
+    lines += [f"  {f.label:<{width}}  {_indent(f.value).strip()}" for f in payload.display]
+    proposal = record.proposal
+    editable = payload.editable
+    lines += ["", f"proposal ({payload.proposal_type}):"]
+    lines += [f"  {k}: {json.dumps(v, ensure_ascii=False)}" for k, v in proposal.items() if k != editable]
+    if editable is not None:
+        lines += [f"  {editable} (an edit replaces it):", _indent(str(proposal.get(editable, "")))]
     for decided in record.decisions:
         d = decided.payload
         lines += ["", f"decided: {d.decision} by {d.reviewer} at {d.decided_at.isoformat()} (key {d.key_id})"]
@@ -159,18 +147,26 @@ def _edit(args: argparse.Namespace, config: Config) -> int:
         try:
             body = Path(args.file).read_text(encoding="utf-8")
         except OSError as exc:
-            raise ReviewError(f"cannot read the edited reply {args.file}: {exc}") from exc
+            raise ReviewError(f"cannot read the edited text {args.file}: {exc}") from exc
+    fields = _parse_sets(args.set)
     client = _decider(args, config)
     return _print_published(
-        client.edit(
-            args.approval_id,
-            args.reviewer,
-            body,
-            refund_cents=args.refund_cents,
-            promises=args.promises,
-            force=args.force,
-        )
+        client.edit(args.approval_id, args.reviewer, body, fields=fields or None, force=args.force)
     )
+
+
+def _parse_sets(items: list[str]) -> dict[str, Any]:
+    """`FIELD=JSON` pairs; a value that is not JSON is taken as a string."""
+    fields: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ReviewError(f"--set {item!r}: expected FIELD=VALUE")
+        try:
+            fields[name.strip()] = json.loads(raw)
+        except ValueError:
+            fields[name.strip()] = raw
+    return fields
 
 
 def _decider(args: argparse.Namespace, config: Config) -> ReviewClient:

@@ -12,7 +12,6 @@ import json
 from typing import Any
 
 from pm.config import Config
-from pm.process import Status
 from pm.store import PartitionStore, list_store_paths, store_root
 
 __all__ = ["register", "list_processes"]
@@ -22,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sub = subparsers.add_parser(
         "processes", parents=[common], help="list processes (correlation ID and status) from the local stores"
     )
-    sub.add_argument("--status", choices=[s.value for s in Status], default=None, help="only this status")
+    sub.add_argument("--status", default=None, help="only this status (running, waiting_for_approval, or an outcome)")
     sub.add_argument("--json", action="store_true", help="print a JSON array of objects")
     sub.set_defaults(handler=_processes)
 

@@ -92,7 +92,7 @@ def _replay(args: argparse.Namespace, config: Config) -> int:
     result = replay_process(
         config,
         args.correlation_id,
-        deployed_registry(),
+        deployed_registry(config),
         verify=args.verify,
         until=until,
         definition=definition,
@@ -133,7 +133,7 @@ def _print_step(step: ReplayStep, out: TextIO) -> None:
     for command in step.commands:
         step_name = getattr(type(command), "STEP", None)
         attempt = getattr(command.payload, "attempt", None)
-        where = f" step={step_name.value} attempt={attempt}" if step_name is not None else ""
+        where = f" step={step_name} attempt={attempt}" if step_name is not None else ""
         print(f"    command {command.type}{where} id={command.event_id}", file=out)
     for event in step.published:
         print(f"    publish {event.type} id={event.event_id}", file=out)

@@ -14,11 +14,11 @@ from urllib.parse import urlsplit
 from pm.config import Config
 from pm.errors import PmError
 
-__all__ = ["register", "LLM_STEPS", "SERVICES", "child_specs"]
+__all__ = ["register", "SERVICES", "child_specs"]
 
-STEP_NAMES = ("classify", "fetch-order", "fetch-refund-policy", "draft-reply", "send-email")
-LLM_STEPS = ("classify", "draft-reply")
 SERVICES = ("order-service", "smtp-sink")
+# `pm run consumer` flags that go to a step's handler factory, if the step declares them (StepSpec.options).
+HANDLER_FLAGS = ("rpm", "tpm", "llm_latency_ms")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -26,10 +26,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parts = run.add_subparsers(dest="component", required=True, metavar="COMPONENT")
 
     consumer = parts.add_parser("consumer", parents=[common], help="run one step consumer")
-    consumer.add_argument("step", choices=STEP_NAMES)
+    consumer.add_argument("step", help="a step of the app (pm --app ...; default: the customer-email app)")
     consumer.add_argument("--concurrency", type=int, default=4, help="commands handled at once (default 4)")
-    consumer.add_argument("--rpm", type=float, default=None, help="LLM steps: requests per minute cap")
-    consumer.add_argument("--tpm", type=float, default=None, help="LLM steps: tokens per minute cap")
+    consumer.add_argument("--rpm", type=float, default=None, help="steps that take it: requests per minute cap")
+    consumer.add_argument("--tpm", type=float, default=None, help="steps that take it: tokens per minute cap")
     consumer.add_argument(
         "--retries", type=int, default=4, help="tries per command on transient errors (default 4)"
     )
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--llm-latency-ms",
         type=int,
         default=None,
-        help="LLM steps, offline provider: artificial latency per call (benchmarks)",
+        help="steps that take it (the LLM steps' offline provider): latency per call (benchmarks)",
     )
     consumer.set_defaults(handler=_consumer)
 
@@ -56,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sink.set_defaults(handler=_smtp_sink)
 
     pm = parts.add_parser("pm", parents=[common], help="the process manager")
-    pm.add_argument("--max-active", type=int, default=None, help="pause new e-mails above N active processes")
+    pm.add_argument(
+        "--max-active", type=int, default=None, help="pause the start topics above N active processes"
+    )
     pm.add_argument("--rebuild", action="store_true", help="rebuild a store that does not match the journal")
     pm.set_defaults(handler=_pm)
 
@@ -68,7 +70,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--llm-latency-ms",
         type=int,
         default=None,
-        help="classify/draft-reply, offline provider: latency per call",
+        help="steps that take --llm-latency-ms (offline LLM provider): latency per call",
     )
     every.add_argument(
         "--maildir", type=Path, default=None, help="smtp-sink Maildir (default STATE_DIR/maildir)"
@@ -95,17 +97,17 @@ def _logging() -> None:
 
 def _consumer(args: argparse.Namespace, config: Config) -> int:
     from consumers.base import RetryPolicy, run_step_consumer
+    from pm.app import load_app
     from pm.telemetry import setup_telemetry
 
+    step = load_app(config.app or None).step(args.step)  # an unknown step names the app's steps
     options: dict[str, float | int] = {
-        k: v
-        for k, v in (("rpm", args.rpm), ("tpm", args.tpm), ("llm_latency_ms", args.llm_latency_ms))
-        if v is not None
+        k: getattr(args, k) for k in HANDLER_FLAGS if getattr(args, k) is not None
     }
-    if options and args.step not in LLM_STEPS:
-        raise PmError(
-            f"--rpm/--tpm/--llm-latency-ms apply to the LLM steps ({', '.join(LLM_STEPS)}), not {args.step}"
-        )
+    refused = sorted(set(options) - set(step.options))
+    if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+        raise PmError(f"{flags} do(es) not apply to step {args.step} (it takes: {', '.join(step.options) or 'none'})")
     if args.llm_latency_ms is not None and args.llm_latency_ms < 0:
         raise PmError("--llm-latency-ms must be 0 or more")
     if args.concurrency < 1 or args.retries < 1:
@@ -182,30 +184,37 @@ def _config_flags(args: argparse.Namespace, config: Config) -> list[str]:
     ]
     if args.config is not None:
         flags += ["--config", str(args.config)]
+    if config.app:
+        flags += ["--app", config.app]
     return flags
 
 
 def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, list[str]]]:
     """(name, argv) of every child `pm run all` starts, in start order."""
+    from pm.app import load_app
+
+    app = load_app(config.app or None)
+    step_names = app.step_names
     base = [sys.executable, "-m", "pm", "run"]
     flags = _config_flags(args, config)
-    names = ["pm", *STEP_NAMES] + (list(SERVICES) if args.with_services else [])
+    names = ["pm", *step_names] + (list(SERVICES) if args.with_services else [])
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = sorted(set(wanted) - {"pm", *STEP_NAMES, *SERVICES})
+        unknown = sorted(set(wanted) - {"pm", *step_names, *SERVICES})
         if unknown:
             raise PmError(
-                f"--only: unknown component(s) {unknown}; known: pm, {', '.join(STEP_NAMES + SERVICES)}"
+                f"--only: unknown component(s) {unknown}; known: pm, {', '.join(step_names + SERVICES)}"
             )
-        names = [n for n in ["pm", *STEP_NAMES, *SERVICES] if n in wanted]
+        names = [n for n in ["pm", *step_names, *SERVICES] if n in wanted]
     specs: list[tuple[str, list[str]]] = []
     for name in names:
         if name == "pm":
             extra = [] if args.max_active is None else ["--max-active", str(args.max_active)]
             specs.append((name, [*base, "pm", *flags, *extra]))
-        elif name in STEP_NAMES:
+        elif name in step_names:
             latency = getattr(args, "llm_latency_ms", None)
-            extra = ["--llm-latency-ms", str(latency)] if latency is not None and name in LLM_STEPS else []
+            takes = "llm_latency_ms" in app.step(name).options
+            extra = ["--llm-latency-ms", str(latency)] if latency is not None and takes else []
             specs.append(
                 (name, [*base, "consumer", name, "--concurrency", str(args.concurrency), *extra, *flags])
             )

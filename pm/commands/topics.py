@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pm.app import load_app
 from pm.config import Config
 from pm.topics import apply_topics, check_topics, load_layout
 
@@ -27,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _apply(args: argparse.Namespace, config: Config) -> int:
-    layout = load_layout(args.file)
+    layout = load_layout(args.file, app=load_app(config.app or None))
     created = apply_topics(config, layout)
     for name in created:
         print(f"created {name}")
@@ -39,7 +40,7 @@ def _apply(args: argparse.Namespace, config: Config) -> int:
 
 
 def _check(args: argparse.Namespace, config: Config) -> int:
-    layout = load_layout(args.file)
+    layout = load_layout(args.file, app=load_app(config.app or None))
     problems = check_topics(config, layout)
     for problem in problems:
         print(f"mismatch: {problem}")
@@ -49,7 +50,7 @@ def _check(args: argparse.Namespace, config: Config) -> int:
 
 
 def _list(args: argparse.Namespace, config: Config) -> int:
-    layout = load_layout(args.file)
+    layout = load_layout(args.file, app=load_app(config.app or None))
     for spec in layout.topics.values():
         settings = " ".join(f"{k}={v}" for k, v in spec.config.items())
         print(

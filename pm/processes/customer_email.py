@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
@@ -36,7 +36,6 @@ from pm.events import (
     ApprovalReminder,
     ApprovalReminderPayload,
     ApprovalRequested,
-    ApprovalRequestedPayload,
     ClassifyEmail,
     ClassifyEmailPayload,
     Draft,
@@ -62,14 +61,35 @@ from pm.events import (
     Step,
     StepFailed,
     TimerFired,
-    TimerSpec,
     Timestamp,
-    command_id,
     derive_id,
 )
 from pm.integrity import shown
+from pm.patterns import (
+    RETRY,
+    TIMEOUT,
+    Effects,
+    StepBudgets,
+    all_in,
+    answered,
+    await_deadline,
+    awaiting,
+    cancel_timers,
+    escalate,
+    finish,
+    issue,
+    parse_timer,
+    retry_later,
+    set_reminder,
+    spend_retry,
+    take_timer,
+    timed_out,
+    timer_id,
+    timer_name,
+)
 from pm.process import Decision, InvalidInput, ProcessState, Status, Upcaster
 from pm.processes.addresses import AddressError, parse_address
+from pm.processes.approval_request import approval_payload, edited_draft
 from pm.processes.guard import draft_hash, money_in_text, order_belongs_to, review_draft
 
 __all__ = [
@@ -104,7 +124,7 @@ VERSION = 1
 # ---------------------------------------------------------------- budgets (durable timers)
 
 # How long a step may take before the PM gives up on that attempt.
-STEP_TIMEOUTS: Mapping[Step, timedelta] = {
+STEP_TIMEOUTS: Mapping[str, timedelta] = {
     Step.CLASSIFY: timedelta(minutes=2),
     Step.FETCH_ORDER: timedelta(seconds=30),
     Step.FETCH_REFUND_POLICY: timedelta(seconds=30),
@@ -112,7 +132,7 @@ STEP_TIMEOUTS: Mapping[Step, timedelta] = {
     Step.SEND_EMAIL: timedelta(minutes=5),
 }
 # Retries after a timeout or a retryable failure, per step (attempts = 1 + retries).
-MAX_RETRIES: Mapping[Step, int] = {
+MAX_RETRIES: Mapping[str, int] = {
     Step.CLASSIFY: 2,
     Step.FETCH_ORDER: 3,
     Step.FETCH_REFUND_POLICY: 3,
@@ -144,19 +164,16 @@ Stage = Literal["received", "classifying", "fetching", "drafting", "awaiting_app
 
 
 @dataclass(frozen=True)
-class Budgets:
+class Budgets(StepBudgets):
     """The timing and budget knobs, defaulting to the constants above (tests and demos shorten them)."""
 
-    step_timeouts: Mapping[Step, timedelta] = field(default_factory=lambda: dict(STEP_TIMEOUTS))
-    max_retries: Mapping[Step, int] = field(default_factory=lambda: dict(MAX_RETRIES))
+    step_timeouts: Mapping[str, timedelta] = field(default_factory=lambda: dict(STEP_TIMEOUTS))
+    max_retries: Mapping[str, int] = field(default_factory=lambda: dict(MAX_RETRIES))
     retry_backoff: timedelta = RETRY_BACKOFF
     retry_backoff_max: timedelta = RETRY_BACKOFF_MAX
     max_repairs: int = MAX_REPAIRS
     approval_reminder: timedelta = APPROVAL_REMINDER
     approval_timeout: timedelta = APPROVAL_TIMEOUT
-
-    def backoff(self, retry: int) -> timedelta:
-        return min(self.retry_backoff * 2 ** (retry - 1), self.retry_backoff_max)
 
 
 # ---------------------------------------------------------------- state
@@ -185,7 +202,11 @@ class Approval(Model):
 
 
 class EmailState(ProcessState):
-    """Everything the process knows; a fold of its journal, readable in `pm inspect`."""
+    """Everything the process knows; a fold of its journal, readable in `pm inspect`.
+
+    The step bookkeeping (attempts .. timers) is `pm.patterns.StepBookkeeping`, declared here in its
+    historical place so the stored state keeps its field order.
+    """
 
     stage: Stage = "received"
     email: Email
@@ -210,46 +231,16 @@ class EmailState(ProcessState):
 
 
 def timeout_timer(correlation_id: str, step: Step, attempt: int) -> str:
-    return derive_id(correlation_id, "timer", f"timeout:{step.value}", attempt)
+    return timer_id(correlation_id, timer_name(TIMEOUT, step), attempt)
 
 
 def retry_timer(correlation_id: str, step: Step, attempt: int) -> str:
     """The backoff timer that issues `attempt` of `step` when it fires."""
-    return derive_id(correlation_id, "timer", f"retry:{step.value}", attempt)
+    return timer_id(correlation_id, timer_name(RETRY, step), attempt)
 
 
 def reply_subject(subject: str) -> str:
     return subject if subject[:3].lower() == "re:" else f"Re: {subject}"
-
-
-@dataclass
-class _Effects:
-    """What one decision produces, gathered while the handlers compute the next state."""
-
-    cause: Event
-    now: datetime  # the decision time: produced events carry it, timers count from it
-    commands: list[Event] = field(default_factory=list)
-    publish: list[Event] = field(default_factory=list)
-    schedule: list[TimerSpec] = field(default_factory=list)
-    cancel: list[str] = field(default_factory=list)
-
-    def envelope(self, event_id: str) -> dict[str, Any]:
-        """Produced events: derived ID, caused by the input, stamped with the decision time."""
-        return {
-            "event_id": event_id,
-            "correlation_id": self.cause.correlation_id,
-            "causation_id": self.cause.event_id,
-            "occurred_at": self.now,
-        }
-
-    def decision(self, state: EmailState) -> Decision[EmailState]:
-        return Decision(
-            state=state,
-            commands=tuple(self.commands),
-            publish=tuple(self.publish),
-            schedule=tuple(self.schedule),
-            cancel=tuple(self.cancel),
-        )
 
 
 _RESULT_STEP: Mapping[type[Event], Step] = {
@@ -306,7 +297,7 @@ class CustomerEmailProcess:
             return self._on_approval(state, event, now)
         if state.terminal:
             return Decision(state)  # late results, stale timers, anything: the process is over
-        fx = _Effects(event, now)
+        fx = Effects(event, now)
         if isinstance(event, EmailReceived):
             if state.stage != "received":
                 return Decision(state, rejection="e-mail already received for this process")
@@ -317,9 +308,9 @@ class CustomerEmailProcess:
         step = _result_step(event)
         if step is None and not isinstance(event, StepFailed):
             return Decision(state, rejection=f"{event.type} is not an input of {NAME}")
-        if step is None or state.pending.get(step) != event.payload.command_id:
+        if step is None or not awaiting(state, step, event.payload.command_id):
             return Decision(state)  # an older attempt's late answer, or a command we never issued
-        state = _answered(state, step, fx)
+        state = answered(state, step, fx)
         if isinstance(event, StepFailed):
             state = self._on_failed(state, step, event, fx)
         elif isinstance(event, EmailClassified):
@@ -331,12 +322,13 @@ class CustomerEmailProcess:
         elif isinstance(event, ReplyDrafted):
             state = self._on_draft(state, event.payload.draft, fx)
         elif isinstance(event, EmailSent):
-            state = _finish(state, Status.SENT, None, fx, sent_message_id=event.payload.message_id)
+            sent = event.payload.message_id
+            state = finish(state, Status.SENT, None, fx, stage="done", sent_message_id=sent)
         return fx.decision(state)
 
     # ------------------------------------------------------------ step results
 
-    def _on_classified(self, state: EmailState, event: EmailClassified, fx: _Effects) -> EmailState:
+    def _on_classified(self, state: EmailState, event: EmailClassified, fx: Effects) -> EmailState:
         p = event.payload
         state = state.model_copy(
             update={
@@ -356,7 +348,7 @@ class CustomerEmailProcess:
         state = self._issue(state, Step.FETCH_REFUND_POLICY, fx)
         return state.model_copy(update={"stage": "fetching"})
 
-    def _on_order(self, state: EmailState, event: OrderFetched, fx: _Effects) -> EmailState:
+    def _on_order(self, state: EmailState, event: OrderFetched, fx: Effects) -> EmailState:
         p = event.payload
         if not p.found or p.order is None:
             return _escalate(state, f"order {p.order_id} not found", fx)
@@ -365,16 +357,16 @@ class CustomerEmailProcess:
             return _escalate(state, f"order {p.order_id} belongs to another customer", fx)
         return self._maybe_draft(state.model_copy(update={"order": p.order}), fx)
 
-    def _on_policy(self, state: EmailState, event: RefundPolicyFetched, fx: _Effects) -> EmailState:
+    def _on_policy(self, state: EmailState, event: RefundPolicyFetched, fx: Effects) -> EmailState:
         return self._maybe_draft(state.model_copy(update={"policy": event.payload.policy}), fx)
 
-    def _maybe_draft(self, state: EmailState, fx: _Effects) -> EmailState:
+    def _maybe_draft(self, state: EmailState, fx: Effects) -> EmailState:
         """Fan in: draft once both the order and the policy are in, whichever came last."""
-        if state.order is None or state.policy is None:
+        if not all_in(state.order, state.policy):
             return state
         return self._issue(state.model_copy(update={"stage": "drafting"}), Step.DRAFT_REPLY, fx)
 
-    def _on_draft(self, state: EmailState, draft: Draft, fx: _Effects) -> EmailState:
+    def _on_draft(self, state: EmailState, draft: Draft, fx: Effects) -> EmailState:
         assert state.order is not None and state.policy is not None
         verdict = review_draft(draft, order=state.order, policy=state.policy, email=state.email)
         violations = verdict.violations
@@ -392,16 +384,16 @@ class CustomerEmailProcess:
             return self._request_approval(state, draft, reasons, fx)
         return self._send(state, fx)
 
-    def _repair(self, state: EmailState, why: str, fx: _Effects, *, backoff: bool = False) -> EmailState:
+    def _repair(self, state: EmailState, why: str, fx: Effects, *, backoff: bool = False) -> EmailState:
         """Send the draft back with its violations, or escalate once MAX_REPAIRS are used."""
         if state.repairs >= self.budgets.max_repairs:
             return _escalate(state, f"{why} (after {state.repairs} repairs)", fx)
         state = state.model_copy(update={"repairs": state.repairs + 1})
         if backoff:
-            return self._retry_later(state, Step.DRAFT_REPLY, state.repairs, fx)
+            return retry_later(state, Step.DRAFT_REPLY, self.budgets.backoff(state.repairs), fx)
         return self._issue(state, Step.DRAFT_REPLY, fx)
 
-    def _on_failed(self, state: EmailState, step: Step, event: StepFailed, fx: _Effects) -> EmailState:
+    def _on_failed(self, state: EmailState, step: Step, event: StepFailed, fx: Effects) -> EmailState:
         p = event.payload
         if p.uncertain:
             return _escalate(state, SEND_UNCERTAIN if step is Step.SEND_EMAIL else f"{step} uncertain", fx)
@@ -409,11 +401,10 @@ class CustomerEmailProcess:
             # A draft the model could not produce (e.g. schema-violating output) is repaired like a bad one.
             state = state.model_copy(update={"violations": list(p.errors) or [p.reason]})
             return self._repair(state, f"{step} failed: {p.reason}", fx, backoff=p.retryable)
-        retries = state.retries.get(step, 0)
-        if not p.retryable or retries >= self.budgets.max_retries[step]:
+        retried = spend_retry(state, step, self.budgets.max_retries[step]) if p.retryable else None
+        if retried is None:
             return _escalate(state, f"{step} failed: {p.reason}", fx)
-        state = state.model_copy(update={"retries": {**state.retries, step.value: retries + 1}})
-        return self._retry_later(state, step, retries + 1, fx)
+        return retry_later(retried, step, self.budgets.backoff(retried.retries[step]), fx)
 
     # ------------------------------------------------------------ approval
 
@@ -440,7 +431,7 @@ class CustomerEmailProcess:
         return reasons
 
     def _request_approval(
-        self, state: EmailState, draft: Draft, reasons: list[str], fx: _Effects
+        self, state: EmailState, draft: Draft, reasons: list[str], fx: Effects
     ) -> EmailState:
         assert state.classification is not None and state.policy is not None
         attempt = state.attempts[Step.DRAFT_REPLY]  # one approval per accepted draft
@@ -457,16 +448,15 @@ class CustomerEmailProcess:
         fx.publish.append(
             ApprovalRequested(
                 **fx.envelope(derive_id(cid, "ApprovalRequested", approval.approval_id)),
-                payload=ApprovalRequestedPayload(
+                payload=approval_payload(
                     approval_id=approval.approval_id,
-                    draft_hash=approval.draft_hash,
                     policy_version=approval.policy_version,
                     email=state.email,
                     intent=state.classification.intent,
                     risk=state.classification.risk,
                     order=state.order,
                     draft=draft,
-                    guard_verdict=list(state.violations),
+                    findings=list(state.violations),
                     reasons=reasons,
                     requested_at=approval.requested_at,
                     deadline=approval.deadline,
@@ -476,11 +466,15 @@ class CustomerEmailProcess:
         state = state.model_copy(
             update={"approval": approval, "status": Status.WAITING_FOR_APPROVAL, "stage": "awaiting_approval"}
         )
-        state = _set_timer(state, "approval-deadline", attempt, approval.deadline, fx)
-        first_reminder = requested_at + self.budgets.approval_reminder
-        if first_reminder < approval.deadline:
-            state = _set_timer(state, "approval-reminder", 1, first_reminder, fx)
-        return state
+        return await_deadline(
+            state,
+            "approval-deadline",
+            attempt,
+            approval.deadline,
+            fx,
+            reminder_name="approval-reminder",
+            every=self.budgets.approval_reminder,
+        )
 
     def _on_approval(self, state: EmailState, event: ApprovalDecided, now: datetime) -> Decision[EmailState]:
         """Apply a (signature-checked) decision, or reject it and leave the state untouched."""
@@ -518,38 +512,37 @@ class CustomerEmailProcess:
                 return refuse("edit without an edited body")
             # The reviewer's text with the claims the reviewer signed (else the draft's); the same guard
             # holds every amount in the text to the declared refund, so an edit cannot slip in money.
-            claims: dict[str, Any] = {"body": p.edited_body}
-            if p.edited_refund_cents is not None:
-                claims["refund_cents"] = p.edited_refund_cents
-            if p.edited_promises is not None:
-                claims["promises"] = list(p.edited_promises)
-            draft = draft.model_copy(update=claims)
+            try:
+                draft = edited_draft(draft, p.edited_body, p.edited_fields)
+            except ValueError as exc:
+                return refuse(f"edit refused: {exc}")
             violations = review_draft(draft, order=order, policy=policy, email=state.email).violations
             if violations:
                 return refuse(f"edited reply fails the guard: {'; '.join(violations)}")
-        fx = _Effects(event, now)
+        fx = Effects(event, now)
         decided = approval.model_copy(
             update={"decision": p.decision, "reviewer": p.reviewer, "decided_at": p.decided_at}
         )
         after = state.model_copy(update={"approval": decided})
         if p.decision == "reject":
             reason = f"rejected by {p.reviewer}: {p.reason or 'no reason given'}"
-            return fx.decision(_finish(after, Status.REJECTED, reason, fx))
+            return fx.decision(finish(after, Status.REJECTED, reason, fx, stage="done"))
         after = after.model_copy(update={"draft": draft, "status": Status.RUNNING})
-        after = _cancel_timers(after, fx, names=("approval-deadline", "approval-reminder"))
+        after = cancel_timers(after, fx, names=("approval-deadline", "approval-reminder"))
         return fx.decision(self._send(after, fx))
 
     # ------------------------------------------------------------ timers
 
-    def _on_timer(self, state: EmailState, event: TimerFired, fx: _Effects) -> EmailState:
+    def _on_timer(self, state: EmailState, event: TimerFired, fx: Effects) -> EmailState:
         p = event.payload
-        if state.timers.get(p.timer_id) != p.name:
+        live = take_timer(state, p.timer_id, p.name)
+        if live is None:
             return state  # stale: cancelled, superseded, or its step already answered
-        state = state.model_copy(update={"timers": _without(state.timers, p.timer_id)})
-        kind, _, step_name = p.name.partition(":")
-        if kind == "timeout":
+        state = live
+        kind, step_name = parse_timer(p.name)
+        if kind == TIMEOUT:
             return self._on_timeout(state, Step(step_name), fx)
-        if kind == "retry":
+        if kind == RETRY:
             return self._issue(state, Step(step_name), fx)
         if kind == "approval-reminder":
             return self._remind(state, p.due_at, fx)
@@ -558,19 +551,17 @@ class CustomerEmailProcess:
             return _escalate(state, f"no approval decision by {state.approval.deadline.isoformat()}", fx)
         raise ValueError(f"unknown timer {p.name!r}")  # a bug: only this file schedules timers
 
-    def _on_timeout(self, state: EmailState, step: Step, fx: _Effects) -> EmailState:
-        attempt = state.attempts[step]
-        state = state.model_copy(update={"pending": _without(state.pending, step.value)})
+    def _on_timeout(self, state: EmailState, step: Step, fx: Effects) -> EmailState:
+        state = timed_out(state, step)
         if step is Step.SEND_EMAIL:
             # Resending could send twice: only a human can tell whether the first one went out.
             return _escalate(state, f"{step} timed out: {SEND_UNCERTAIN}", fx)
-        retries = state.retries.get(step, 0)
-        if retries >= self.budgets.max_retries[step]:
-            return _escalate(state, f"{step} timed out after {attempt} attempts", fx)
-        state = state.model_copy(update={"retries": {**state.retries, step.value: retries + 1}})
-        return self._issue(state, step, fx)
+        retried = spend_retry(state, step, self.budgets.max_retries[step])
+        if retried is None:
+            return _escalate(state, f"{step} timed out after {state.attempts[step]} attempts", fx)
+        return self._issue(retried, step, fx)
 
-    def _remind(self, state: EmailState, due_at: datetime, fx: _Effects) -> EmailState:
+    def _remind(self, state: EmailState, due_at: datetime, fx: Effects) -> EmailState:
         approval = state.approval
         assert approval is not None
         n = approval.reminders + 1
@@ -587,39 +578,23 @@ class CustomerEmailProcess:
         )
         state = state.model_copy(update={"approval": approval.model_copy(update={"reminders": n})})
         next_due = due_at + self.budgets.approval_reminder
-        if next_due < approval.deadline:  # reminders stop at the deadline: bounded
-            state = _set_timer(state, "approval-reminder", n + 1, next_due, fx)
-        return state
+        return set_reminder(state, "approval-reminder", n + 1, next_due, approval.deadline, fx)
 
     # ------------------------------------------------------------ commands
 
-    def _issue(self, state: EmailState, step: Step, fx: _Effects) -> EmailState:
-        """Issue the next attempt of `step` (built from the state) with its timeout timer."""
-        attempt = state.attempts.get(step, 0) + 1
-        cmd_id = command_id(state.correlation_id, step, attempt)
-        fx.commands.append(_command(state, step, cmd_id, attempt, fx))
-        timers = _schedule(
-            state, f"timeout:{step.value}", attempt, fx.now + self.budgets.step_timeouts[step], fx
-        )
-        return state.model_copy(
-            update={
-                "attempts": {**state.attempts, step.value: attempt},
-                "pending": {**state.pending, step.value: cmd_id},
-                "timers": timers,
-            }
-        )
+    def _issue(self, state: EmailState, step: Step, fx: Effects) -> EmailState:
+        """Issue the next attempt of `step` (its command built from the state) with its timeout timer."""
 
-    def _retry_later(self, state: EmailState, step: Step, retry: int, fx: _Effects) -> EmailState:
-        """Durable backoff: the command is issued when the retry timer fires."""
-        attempt = state.attempts[step] + 1
-        due = fx.now + self.budgets.backoff(retry)
-        return _set_timer(state, f"retry:{step.value}", attempt, due, fx)
+        def build(cmd_id: str, attempt: int) -> Event:
+            return _command(state, step, cmd_id, attempt, fx)
 
-    def _send(self, state: EmailState, fx: _Effects) -> EmailState:
+        return issue(state, step, build, self.budgets.step_timeouts[step], fx)
+
+    def _send(self, state: EmailState, fx: Effects) -> EmailState:
         return self._issue(state.model_copy(update={"stage": "sending"}), Step.SEND_EMAIL, fx)
 
 
-def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: _Effects) -> Event:
+def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: Effects) -> Event:
     env = fx.envelope(cmd_id)
     if step is Step.CLASSIFY:
         return ClassifyEmail(
@@ -676,48 +651,9 @@ def _result_step(event: Event) -> Step | None:
     return _RESULT_STEP.get(type(event))
 
 
-def _without(mapping: dict[str, str], key: str) -> dict[str, str]:
-    return {k: v for k, v in mapping.items() if k != key}
-
-
-def _schedule(state: EmailState, name: str, attempt: int, due_at: datetime, fx: _Effects) -> dict[str, str]:
-    """Schedule a timer; returns the state's live timers with it (for the caller's one state copy)."""
-    timer_id = derive_id(state.correlation_id, "timer", name, attempt)
-    fx.schedule.append(TimerSpec(timer_id=timer_id, name=name, due_at=due_at))
-    return {**state.timers, timer_id: name}
-
-
-def _set_timer(state: EmailState, name: str, attempt: int, due_at: datetime, fx: _Effects) -> EmailState:
-    return state.model_copy(update={"timers": _schedule(state, name, attempt, due_at, fx)})
-
-
-def _cancel_timers(state: EmailState, fx: _Effects, *, names: tuple[str, ...] | None = None) -> EmailState:
-    """Cancel live timers (those named, or all of them)."""
-    keep: dict[str, str] = {}
-    for timer_id, name in state.timers.items():
-        if names is None or name in names:
-            fx.cancel.append(timer_id)
-        else:
-            keep[timer_id] = name
-    return state.model_copy(update={"timers": keep})
-
-
-def _answered(state: EmailState, step: Step, fx: _Effects) -> EmailState:
-    """The outstanding command of `step` answered: no longer pending, its timeout cancelled."""
-    state = state.model_copy(update={"pending": _without(state.pending, step.value)})
-    return _cancel_timers(state, fx, names=(f"timeout:{step.value}",))
-
-
-def _finish(state: EmailState, status: Status, reason: str | None, fx: _Effects, **update: Any) -> EmailState:
-    """Terminal: nothing outstanding, every timer cancelled."""
-    state = _cancel_timers(state, fx)
-    return state.model_copy(
-        update={"status": status, "reason": reason, "stage": "done", "pending": {}, **update}
-    )
-
-
-def _escalate(state: EmailState, reason: str, fx: _Effects) -> EmailState:
-    return _finish(state, Status.ESCALATED, reason, fx)
+def _escalate(state: EmailState, reason: str, fx: Effects) -> EmailState:
+    """`escalate`, with this process's terminal stage (`finish` callers pass it too)."""
+    return escalate(state, reason, fx, stage="done")
 
 
 CUSTOMER_EMAIL = CustomerEmailProcess()
