@@ -60,14 +60,14 @@ from typing import Any, Literal
 
 from bench.common import Result
 from bench.common import report as print_report
+from customer_email.publisher import EmailPublisher
+from customer_email.rules import SEND_UNCERTAIN
 from pm.approvals import build_decision, ensure_local_key, signing_key
 from pm.broker import LocalBroker, free_port, launch
-from pm.client import EmailPublisher
 from pm.config import Config
 from pm.errors import PmError
 from pm.harness import JournalTail, workspace
 from pm.journal import ProcessRecord, fold_entry, iter_journal
-from pm.processes.customer_email import SEND_UNCERTAIN
 from pm.replay import deployed_registry, verify_all
 from pm.review import ReviewClient
 from pm.store import PartitionStore, list_store_paths
@@ -259,6 +259,19 @@ def component_name(argv: list[str]) -> str | None:
         return None
     if rest[0] == "consumer":
         return rest[1] if len(rest) > 1 else None
+    if rest[0] == "service":  # `run service [flags] NAME`: the name is the last word before its options
+        names = [a for a in rest[1:] if not a.startswith("-")]
+        flags_with_values = {"--bootstrap", "--prefix", "--state-dir", "--config", "--app"}
+        words = rest[1:]
+        i = 0
+        while i < len(words):
+            if words[i] in flags_with_values:
+                i += 2
+                continue
+            if not words[i].startswith("-"):
+                return words[i]
+            i += 1
+        return names[0] if names else None
     return rest[0]
 
 
@@ -607,20 +620,19 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
                 bootstrap=broker.bootstrap,
                 topic_prefix=f"chaos{uuid.uuid4().hex[:6]}.",
                 state_dir=work / "state",
-                order_service_url=f"http://127.0.0.1:{order_port}",
-                smtp_host="127.0.0.1",
-                smtp_port=smtp_port,
                 reviewers=(REVIEWER,),
                 fetch_wait_max_ms=20,
+            ).with_settings(
+                order_service_url=f"http://127.0.0.1:{order_port}", smtp_host="127.0.0.1", smtp_port=smtp_port
             )
             apply_topics(config)
             ensure_local_key(config)
-            maildir = work / "maildir"
+            maildir = config.state_dir / "maildir"  # the smtp-sink service's default
             logs = work / "logs"
             logs.mkdir(exist_ok=True)
             env = {
                 **os.environ,
-                "PM_ORDER_SERVICE_URL": config.order_service_url,
+                "PM_ORDER_SERVICE_URL": config.setting("order_service_url"),
                 "PM_SMTP_HOST": "127.0.0.1",
                 "PM_SMTP_PORT": str(smtp_port),
                 "PM_FETCH_WAIT_MAX_MS": "20",
@@ -629,7 +641,7 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
                 "OTEL_SDK_DISABLED": "true",
             }
             env.pop("PM_CONFIG", None)
-            argv = [sys.executable, "-m", "pm", "run", "all", "--with-services", "--maildir", str(maildir)]
+            argv = [sys.executable, "-m", "pm", "run", "all", "--with-services"]
             argv += ["--concurrency", str(plan.concurrency), "--max-active", str(plan.max_active)]
             argv += ["--bootstrap", broker.bootstrap]
             argv += ["--prefix", config.topic_prefix, "--state-dir", str(config.state_dir)]

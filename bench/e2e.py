@@ -1,7 +1,7 @@
 """`e2e`: complete e-mail processes per second through the PM and all five step consumers.
 
 Every component is its own OS process, started as a user would (`python -m pm run pm`,
-`pm run consumer STEP --concurrency 8`, `pm run order-service`, `pm run smtp-sink`),
+`pm run consumer STEP --concurrency 8`, `pm run service order-service`, `pm run service smtp-sink`),
 on a fresh local broker. The LLM steps use the offline provider with an artificial
 latency per call (`--llm-latency-ms`, 0 and 50 ms). 80 % of the e-mails ask where
 their order is (answered without a human), 20 % ask for a refund (approval required):
@@ -40,9 +40,9 @@ from confluent_kafka import KafkaError, TopicPartition
 from bench.cluster import percentile
 from bench.common import Result, bench_broker, report
 from bench.scenario import Scenario
+from customer_email.publisher import EmailPublisher
 from pm.approvals import build_decision, ensure_local_key, signing_key
 from pm.broker import free_port
-from pm.client import EmailPublisher
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.events import ApprovalRequested
@@ -147,9 +147,9 @@ def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[lis
     env = child_env(config, PM_REVIEWERS=REVIEWER)
     latency = ["--llm-latency-ms", str(llm_latency_ms)]
     children = [
-        Child("order-service", pm_argv("run", "order-service"), logs / "order.log"),
+        Child("order-service", pm_argv("run", "service", "order-service"), logs / "order.log"),
         Child(
-            "smtp-sink", pm_argv("run", "smtp-sink", "--maildir", str(work / "maildir")), logs / "smtp.log"
+            "smtp-sink", pm_argv("run", "service", "smtp-sink", "--maildir", str(work / "maildir")), logs / "smtp.log"
         ),
         Child("pm", pm_argv("run", "pm"), logs / "pm.log"),
         *(
@@ -177,11 +177,8 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
     """One run on the broker of `base` with fresh topics under a new prefix and a fresh state dir."""
     work = Path(tempfile.mkdtemp(prefix="pm-bench-e2e-"))
     config = base.with_overrides(
-        topic_prefix=f"e{uuid.uuid4().hex[:8]}.",
-        state_dir=work / "state",
-        order_service_url=f"http://127.0.0.1:{free_port()}",
-        smtp_port=free_port(),
-    )
+        topic_prefix=f"e{uuid.uuid4().hex[:8]}.", state_dir=work / "state"
+    ).with_settings(order_service_url=f"http://127.0.0.1:{free_port()}", smtp_port=free_port())
     from pm.topics import apply_topics
 
     apply_topics(config)

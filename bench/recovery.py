@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.common import Result, bench_broker, report
 from bench.scenario import Scenario, produce_all
-from pm.client import EmailPublisher
+from customer_email.publisher import EmailPublisher
 from pm.config import Config
 from pm.harness import Child, JournalTail, child_env, pm_argv
 from pm.store import store_root

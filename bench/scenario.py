@@ -20,25 +20,25 @@ from confluent_kafka import Producer
 from consumers import classify, draft_reply, fetch_refund_policy
 from consumers.llm import OfflineProvider
 from consumers.order_service import load_orders
-from consumers.step import result_event
-from pm.client import email_event
-from pm.codec import encode
-from pm.config import Config
-from pm.events import (
+from customer_email import CUSTOMER_EMAIL
+from customer_email.events import (
     EmailReceived,
     EmailSent,
     EmailSentPayload,
-    Event,
     FetchOrder,
     OrderFetched,
     OrderFetchedPayload,
     SendEmail,
 )
+from customer_email.publisher import email_event
+from pm.codec import encode
+from pm.config import Config
+from pm.events import Event
 from pm.journal import JOURNAL_TOPIC, advance, build_entry, evaluate
 from pm.kafka import make_producer
 from pm.partitioner import partition_for
 from pm.process import ProcessDefinition
-from pm.processes import CUSTOMER_EMAIL
+from pm.steps.handler import result_event
 from pm.topics import load_layout
 
 __all__ = ["KINDS", "Scenario", "JournalWriter", "produce_all"]

@@ -13,9 +13,10 @@ from datetime import datetime
 from consumers.llm import LlmProvider, LlmRequest, Message, call_llm, invalid_output_result, llm_dependencies
 from consumers.llm_output import Classification
 from consumers.rate_limit import RateLimiter
-from consumers.step import PermanentError, result_event
+from customer_email.events import ClassifyEmail, Email, EmailClassified, EmailClassifiedPayload, Step
 from pm.config import Config
-from pm.events import ClassifyEmail, Email, EmailClassified, EmailClassifiedPayload, Event, Step
+from pm.events import Event
+from pm.steps.handler import PermanentError, result_event
 
 __all__ = ["SYSTEM_PROMPT", "ClassifyHandler", "classify_messages", "build_handler"]
 

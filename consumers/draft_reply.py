@@ -4,7 +4,7 @@ The prompt carries the e-mail, the intent, the order facts and the refund policy
 with its limits worked out for this order; a repair request also carries the
 previous draft and the guard's violations, so the model can fix exactly those.
 The answer is validated against `pm.events.Draft`; the business rules are the
-PM's guard (`pm.processes.guard`), not this step's job.
+PM's guard (`customer_email.guard`), not this step's job.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from typing import Any
 from consumers.llm import LlmProvider, LlmRequest, Message, call_llm, invalid_output_result, llm_dependencies
 from consumers.llm_output import Draft
 from consumers.rate_limit import RateLimiter
-from consumers.step import PermanentError, result_event
+from customer_email.events import DraftReply, DraftReplyPayload, ReplyDrafted, ReplyDraftedPayload, Step
+from customer_email.guard import BODY_MAX_CHARS, BODY_MIN_CHARS, allowed_refund_cents
 from pm.config import Config
-from pm.events import DraftReply, DraftReplyPayload, Event, ReplyDrafted, ReplyDraftedPayload, Step
-from pm.processes.guard import BODY_MAX_CHARS, BODY_MIN_CHARS, allowed_refund_cents
+from pm.events import Event
+from pm.steps.handler import PermanentError, result_event
 
 __all__ = ["SYSTEM_PROMPT", "DraftReplyHandler", "draft_messages", "build_handler"]
 

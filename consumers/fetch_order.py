@@ -13,9 +13,11 @@ from urllib.parse import quote
 import httpx
 from pydantic import ValidationError
 
-from consumers.step import PermanentError, TransientError, result_event
+from customer_email.events import Order, OrderFetched, OrderFetchedPayload, Step
+from customer_email.settings import EmailSettings
 from pm.config import Config
-from pm.events import Event, Order, OrderFetched, OrderFetchedPayload, Step
+from pm.events import Event
+from pm.steps.handler import PermanentError, TransientError, result_event
 
 __all__ = ["FetchOrderHandler", "build_handler"]
 
@@ -68,4 +70,4 @@ class FetchOrderHandler:
 
 
 def build_handler(config: Config, *, timeout: float = 5.0) -> FetchOrderHandler:
-    return FetchOrderHandler(config.order_service_url, timeout=timeout)
+    return FetchOrderHandler(EmailSettings.of(config).order_service_url, timeout=timeout)

@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from consumers.step import PermanentError, result_event
+from customer_email.events import RefundPolicy, RefundPolicyFetched, RefundPolicyFetchedPayload, Step
 from pm.config import Config
 from pm.errors import PmError
-from pm.events import Event, RefundPolicy, RefundPolicyFetched, RefundPolicyFetchedPayload, Step, utc_ms
+from pm.events import Event, utc_ms
+from pm.steps.handler import PermanentError, result_event
 
 __all__ = [
     "DEFAULT_POLICY_FILE",

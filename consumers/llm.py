@@ -27,16 +27,11 @@ from pydantic import BaseModel, ValidationError
 
 from consumers.offline import OFFLINE_MODEL, offline_classification, offline_draft
 from consumers.rate_limit import RateLimiter
-from consumers.step import PermanentError, TransientError, failed_result
+from customer_email.events import ClassifyEmailPayload, DraftReplyPayload
 from pm import telemetry
 from pm.config import Config
-from pm.events import (
-    ClassifyEmailPayload,
-    DraftReplyPayload,
-    Event,
-    LlmCall,
-    StepFailed,
-)
+from pm.events import Event, LlmCall, StepFailed
+from pm.steps.handler import PermanentError, TransientError, failed_result
 
 __all__ = [
     "OPENAI_COMPATIBLE",

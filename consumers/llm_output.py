@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pm.events import Draft
+from customer_email.events import Draft
 
 __all__ = ["INTENTS", "Intent", "Risk", "Classification", "Draft"]
 

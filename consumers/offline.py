@@ -13,8 +13,8 @@ import re
 from datetime import datetime
 
 from consumers.llm_output import Classification, Draft, Intent, Risk
-from pm.events import DraftReplyPayload, Email, Order
-from pm.processes.guard import SHIPPING_REFUND_PROMISE, allowed_refund_cents
+from customer_email.events import DraftReplyPayload, Email, Order
+from customer_email.guard import SHIPPING_REFUND_PROMISE, allowed_refund_cents
 
 __all__ = [
     "OFFLINE_MODEL",

@@ -6,6 +6,7 @@ Orders come from a JSON file (`consumers/data/orders.json` by default), validate
 
 from __future__ import annotations
 
+import argparse
 import json
 import threading
 from http import HTTPStatus
@@ -16,10 +17,13 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import ValidationError
 
+from customer_email.events import Order
+from customer_email.settings import EmailSettings
+from pm.config import Config
 from pm.errors import PmError
-from pm.events import Order
+from pm.signals import stop_on_signals
 
-__all__ = ["DEFAULT_ORDERS_FILE", "OrderFileError", "OrderService", "load_orders"]
+__all__ = ["DEFAULT_ORDERS_FILE", "OrderFileError", "OrderService", "load_orders", "main"]
 
 DEFAULT_ORDERS_FILE = Path(__file__).parent / "data" / "orders.json"
 
@@ -127,3 +131,24 @@ class OrderService:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str], config: Config) -> int:
+    """`pm run service order-service [--port N] [--host H] [--orders FILE]`: serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="pm run service order-service", description="the sample order service")
+    parser.add_argument("--port", type=int, default=None, help="default: the port of PM_ORDER_SERVICE_URL")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 inside a container)")
+    parser.add_argument("--orders", type=Path, default=None, help="orders JSON file (default: the sample orders)")
+    args = parser.parse_args(argv)
+    port = args.port if args.port is not None else (urlsplit(EmailSettings.of(config).order_service_url).port or 8765)
+    orders = load_orders(args.orders or DEFAULT_ORDERS_FILE)
+    stop = stop_on_signals()
+    try:
+        service = OrderService(args.host, port, orders=orders).start()
+    except OSError as exc:
+        raise PmError(f"order service: cannot listen on {args.host}:{port}: {exc}") from exc
+    print(f"order service: {service.url} ({len(orders)} orders)", flush=True)
+    stop.wait()
+    service.stop()
+    print("order service: stopped", flush=True)
+    return 0

@@ -31,11 +31,13 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from consumers.ledger import Ledger
-from consumers.step import PermanentError, TransientError, failed_result, result_event
+from customer_email.addresses import AddressError, parse_address
+from customer_email.events import EmailSent, EmailSentPayload, Step
+from customer_email.settings import EmailSettings
 from pm.config import Config
-from pm.events import EmailSent, EmailSentPayload, Event, Step
-from pm.processes.addresses import AddressError, parse_address
+from pm.events import Event
+from pm.steps.handler import PermanentError, TransientError, failed_result, result_event
+from pm.steps.ledger import Ledger
 
 __all__ = [
     "SENDING",
@@ -86,6 +88,7 @@ class SendEmailHandler:
 
     def __init__(self, config: Config, timeout: float = 10.0) -> None:
         self.config = config
+        self.settings = EmailSettings.of(config)
         self.timeout = timeout
         self.ledger: Ledger | None = None
 
@@ -122,7 +125,7 @@ class SendEmailHandler:
             to = parse_address(payload.to, field="to")
         except AddressError as exc:  # a spoofed or malformed recipient: never retried, nothing recorded
             raise PermanentError(f"refused recipient: {exc}") from exc
-        message = build_message(command, self.config.reply_from, now, to=to)
+        message = build_message(command, self.settings.reply_from, now, to=to)
         _check_recipient(message, to)  # before the ledger and SMTP: a mismatch sends nothing
         smtp = self._connect()  # nothing sent yet: failures here are plain errors
         try:
@@ -161,7 +164,7 @@ class SendEmailHandler:
         return self._sent(command, now, to, message["Message-ID"], response)
 
     def _connect(self) -> smtplib.SMTP:
-        config = self.config
+        config = self.settings
         try:
             smtp: smtplib.SMTP
             if config.smtp_ssl:
@@ -189,7 +192,7 @@ class SendEmailHandler:
 
     def _transaction(self, smtp: smtplib.SMTP, message: EmailMessage, to: str) -> str:
         """MAIL, RCPT, DATA; returns the server's reply to DATA. `_Refused` when refused before delivery."""
-        code, reply = smtp.mail(self.config.reply_from)
+        code, reply = smtp.mail(self.settings.reply_from)
         if code != 250:
             raise _Refused(code, f"MAIL FROM: {code} {reply.decode(errors='replace')}")
         code, reply = smtp.rcpt(to)

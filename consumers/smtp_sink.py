@@ -1,6 +1,6 @@
 """A local SMTP server (aiosmtpd) that stores every message it receives in a standard Maildir.
 
-For the demo and tests: `pm run smtp-sink --port N --maildir DIR`. Any mail client or
+For the demo and tests: `pm run service smtp-sink --port N --maildir DIR`. Any mail client or
 `mailbox.Maildir(DIR)` reads what arrived. Each stored message gets `Return-Path` and
 `X-Envelope-To` headers from the SMTP envelope; the server answers DATA with
 `250 OK: queued as <maildir key>`, which send-email records in its ledger.
@@ -8,6 +8,7 @@ For the demo and tests: `pm run smtp-sink --port N --maildir DIR`. Any mail clie
 
 from __future__ import annotations
 
+import argparse
 import email
 import email.policy
 import mailbox
@@ -16,7 +17,12 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 
-__all__ = ["MaildirHandler", "SmtpSink"]
+from customer_email.settings import EmailSettings
+from pm.config import Config
+from pm.errors import PmError
+from pm.signals import stop_on_signals
+
+__all__ = ["MaildirHandler", "SmtpSink", "main"]
 
 
 class MaildirHandler:
@@ -69,3 +75,24 @@ class SmtpSink:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def main(argv: list[str], config: Config) -> int:
+    """`pm run service smtp-sink [--port N] [--host H] [--maildir DIR]`: serve until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="pm run service smtp-sink", description="a local SMTP sink (Maildir)")
+    parser.add_argument("--port", type=int, default=None, help="default: PM_SMTP_PORT")
+    parser.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 inside a container)")
+    parser.add_argument("--maildir", type=Path, default=None, help="default: STATE_DIR/maildir")
+    args = parser.parse_args(argv)
+    port = args.port if args.port is not None else EmailSettings.of(config).smtp_port
+    maildir = args.maildir or (config.state_dir / "maildir")
+    stop = stop_on_signals()
+    try:
+        sink = SmtpSink(maildir, args.host, port).start()
+    except (OSError, RuntimeError) as exc:
+        raise PmError(f"smtp sink: cannot listen on {args.host}:{port}: {exc}") from exc
+    print(f"smtp sink: smtp://{args.host}:{port}, Maildir {maildir}", flush=True)
+    stop.wait()
+    sink.stop()
+    print("smtp sink: stopped", flush=True)
+    return 0

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pm.app import App, StartTopic, StepSpec
-from pm.codec import register_upcaster
-from pm.events import (
+from customer_email import CUSTOMER_EMAIL
+from customer_email.approval_request import upcast_request
+from customer_email.events import (
     ClassifyEmail,
     DraftReply,
     EmailClassified,
@@ -22,8 +22,9 @@ from pm.events import (
     ReplyDrafted,
     SendEmail,
 )
-from pm.processes import CUSTOMER_EMAIL
-from pm.processes.approval_request import upcast_request
+from pm.app import App, StartTopic, StepSpec
+from pm.codec import register_upcaster
+from pm.telemetry import add_sensitive_keys
 
 __all__ = ["APP", "LLM_OPTIONS"]
 
@@ -47,11 +48,16 @@ APP = App(
         ),
         StepSpec("send-email", SendEmail, (EmailSent,), "consumers.send_email:build_handler"),
     ],
-    start_topics=[StartTopic(EmailReceived.TOPIC)],
+    start_topics=[StartTopic(EmailReceived.TOPIC, alias="email", parse="customer_email.publisher:parse_email_line")],
     events=[EmailReceived],
     schema_dir=Path(__file__).resolve().parent.parent / "schemas",
+    services={"order-service": "consumers.order_service:main", "smtp-sink": "consumers.smtp_sink:main"},
+    demo="customer_email.demo:run_demo",
 )
 
 # Approval requests written before approvals were generic (schema versions 1 and 2) carried the
 # e-mail, order and draft as fields: read them as today's proposal.
 register_upcaster("ApprovalRequested", (1, 2), upcast_request)
+
+# Personal data in this app's payloads, kept out of telemetry when redaction is on.
+add_sensitive_keys("email", "customer_email", "customer_name", "draft")

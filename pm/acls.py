@@ -1,8 +1,8 @@
 """Which principal may do what on Kafka: the ACLs each `pm` component needs, and nothing more.
 
 Pure: no broker is contacted. Names come from the same places the components take them
-(topics.yaml and the topic prefix, the group and transactional IDs in pm/runtime.py,
-consumers/base.py, pm/review.py, pm/journal.py, pm/replay.py); tests/test_acls.py checks
+(topics.yaml and the topic prefix, the group and transactional IDs in pm/runtime/,
+pm/steps/consumer.py, pm/review.py, pm/journal.py, pm/replay.py); tests/test_acls.py checks
 them against the real code so the two cannot drift apart.
 
 The separation the bindings hold (docs/security.md explains why):
@@ -169,7 +169,7 @@ def describe_component(component: str) -> str:
     return {
         PM: "the process manager (`pm run pm`)",
         REVIEW: "review tools (`pm approvals ...`, pm.review.ReviewClient)",
-        UPSTREAM: "upstream producers of the app's start topics (e.g. `pm emit email`)",
+        UPSTREAM: "upstream producers of the app's start topics (`pm emit NAME`)",
         OPS: "read-only operations tools (`pm replay`, `pm inspect`, `pm topics check`)",
     }[component]
 
@@ -271,7 +271,7 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
             raise AclError(f"unknown step {step!r}; topics.yaml has {', '.join(steps)}")
         topics(Operation.READ, STEP_TOPIC_PREFIX + step)
         topics(Operation.WRITE, "step.results", DLQ_TOPIC)
-        # Step consumers commit offsets themselves and produce without transactions (consumers/base.py).
+        # Step consumers commit offsets themselves and produce without transactions (pm/steps/consumer.py).
         add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step}", Operation.READ)
         idempotent_producer()
     elif component == REVIEW:

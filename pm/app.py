@@ -1,23 +1,25 @@
 """The composition root: one `App` declares what a deployment runs, and every `pm` command loads it.
 
-    from pm import App, StartTopic, StepSpec
+    from pm.app import App, StartTopic, StepSpec
 
     app = App(
-        name="invoices",
-        processes=[INVOICE_DISPUTE],
-        steps=[StepSpec("check-invoice", CheckInvoice, (InvoiceChecked,), "invoices.steps:build_handler")],
-        start_topics=[StartTopic("invoice.disputed")],
+        name="tickets",
+        processes=[TICKET],
+        steps=[StepSpec("triage", Triage, (Triaged,), "tickets.steps:build_handler")],
+        start_topics=[StartTopic("ticket.opened")],
         schema_dir="schemas",
     )
 
-`pm --app invoices.app:app ...` (or `PM_APP`, or `app:` in the config file) loads it, with the
-current directory importable; without one `pm` runs the bundled customer-email app. The core
-never imports an app by name: the default is a string resolved at run time.
+`pm --app tickets.app:app ...` (or `PM_APP`, or `app:` in the config file) loads it, with the
+current directory importable. Without one `pm` runs the app an installed package declares as
+its default (entry point `default` in the group `pm.apps`; this repository's: the bundled
+reference app). The core never imports an app by name.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import os
 import re
 import sys
@@ -37,15 +39,16 @@ __all__ = [
     "StartTopic",
     "StepSpec",
     "CORE_INPUT_TOPICS",
-    "DEFAULT_APP",
+    "APPS_GROUP",
     "load_app",
     "resolve",
 ]
 
 # The PM's inputs every app shares: approvals, step results and its own timers.
 CORE_INPUT_TOPICS = ("approvals", "step.results", "pm.timers")
-# The bundled reference app (the customer e-mail), used when no app is configured.
-DEFAULT_APP = "customer_email.app:APP"
+# Where the app to run when none is configured is declared: an installed package's entry point.
+APPS_GROUP = "pm.apps"
+DEFAULT_ENTRY = "default"
 
 _STEP_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)*")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,200}")
@@ -102,10 +105,22 @@ class StepSpec:
 
 @dataclass(frozen=True)
 class StartTopic:
-    """A topic whose events may open a new process; `backpressure`: paused above --max-active."""
+    """A topic whose events may open a new process; `backpressure`: paused above --max-active.
+
+    `pm emit NAME --file F` (NAME: the topic or its `alias`) turns each JSON line into an event with
+    `parse` (`module:function` or the function; it raises `pm.process.InvalidInput`, or any
+    ValueError, for a line that must not be published: the line goes to the DLQ with the reason).
+    """
 
     name: str
     backpressure: bool = True
+    alias: str | None = None
+    parse: str | Callable[[Any], Event] | None = None
+
+    def parser(self) -> Callable[[Any], Event]:
+        if self.parse is None:
+            raise AppError(f"start topic {self.name!r} declares no parse function for `pm emit`")
+        return resolve(self.parse) if isinstance(self.parse, str) else self.parse
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,10 @@ class App:
     schema_dir: Path | None = None
     # Per-topic options that topics.yaml does not set: {"cmd.my-step": {"partitions": 3}}.
     topic_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Dev services `pm run service NAME [ARGS]` starts: name -> `module:main`, main(argv, config) -> int.
+    services: Mapping[str, str | Callable[..., int]] = field(default_factory=dict)
+    # `pm demo`: `module:run_demo`, run_demo(config, interactive=, workdir=) -> exit status.
+    demo: str | Callable[..., int] | None = None
 
     def __init__(
         self,
@@ -134,6 +153,8 @@ class App:
         events: Iterable[type[Event]] = (),
         schema_dir: str | Path | None = None,
         topic_options: Mapping[str, Mapping[str, Any]] | None = None,
+        services: Mapping[str, str | Callable[..., int]] | None = None,
+        demo: str | Callable[..., int] | None = None,
     ) -> None:
         object.__setattr__(self, "name", name)
         object.__setattr__(self, "processes", tuple(processes))
@@ -143,6 +164,8 @@ class App:
         object.__setattr__(self, "events", tuple(events))
         object.__setattr__(self, "schema_dir", Path(schema_dir) if schema_dir is not None else None)
         object.__setattr__(self, "topic_options", dict(topic_options or {}))
+        object.__setattr__(self, "services", dict(services or {}))
+        object.__setattr__(self, "demo", demo)
         self._validate()
 
     def _validate(self) -> None:
@@ -189,6 +212,22 @@ class App:
             found += [step.command, *step.results]
         return tuple(dict.fromkeys(found))
 
+    def start_topic(self, name: str) -> StartTopic:
+        """The start topic called `name` (or aliased so)."""
+        for start in self.start_topics:
+            if name in (start.name, start.alias):
+                return start
+        known = ", ".join(s.alias or s.name for s in self.start_topics)
+        raise AppError(f"app {self.name!r} has no start topic {name!r}; its start topics: {known}")
+
+    def service(self, name: str) -> Callable[..., int]:
+        """The dev service `name` (its `main(argv, config)`)."""
+        target = self.services.get(name)
+        if target is None:
+            known = ", ".join(self.services) or "none"
+            raise AppError(f"app {self.name!r} has no service {name!r}; its services: {known}")
+        return resolve(target) if isinstance(target, str) else target
+
     def step(self, name: str) -> StepSpec:
         for step in self.steps:
             if step.name == name:
@@ -207,12 +246,21 @@ class App:
             events=self.events,
             schema_dir=base / self.schema_dir,
             topic_options=self.topic_options,
+            services=self.services,
+            demo=self.demo,
         )
 
 
+def _default_app() -> str:
+    """`module:attr` of the installed default app (entry point `default` in group `pm.apps`)."""
+    for entry in importlib.metadata.entry_points(group=APPS_GROUP, name=DEFAULT_ENTRY):
+        return str(entry.value)
+    raise AppError("no app configured: pass --app module:attr, or set PM_APP or `app:` in the config file")
+
+
 def load_app(target: str | None = None) -> App:
-    """The app at `target` (`module:attr`), else `PM_APP`, else the bundled customer-email app."""
-    spec = target or os.environ.get("PM_APP") or DEFAULT_APP
+    """The app at `target` (`module:attr`), else `PM_APP`, else the installed default app."""
+    spec = target or os.environ.get("PM_APP") or _default_app()
     value = resolve(spec)
     if callable(value) and not isinstance(value, App):
         value = value()  # a factory: `module:make_app`

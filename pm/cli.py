@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +13,9 @@ from pm.app import load_app
 from pm.config import load_config
 from pm.errors import PmError
 
-__all__ = ["main", "COMMAND_MODULES"]
+__all__ = ["main", "COMMAND_MODULES", "PLUGIN_GROUP"]
+
+PLUGIN_GROUP = "pm.commands"  # entry points: `register(subparsers, common)` of more commands
 
 # Each module exposes `register(subparsers, common)`; order is the order in `pm --help`.
 COMMAND_MODULES = (
@@ -21,7 +24,6 @@ COMMAND_MODULES = (
     "pm.commands.schemas",
     "pm.commands.emit",
     "pm.commands.demo",
-    "pm.commands.bench",
     "pm.commands.approvals",
     "pm.commands.run",
     "pm.commands.processes",
@@ -47,7 +49,7 @@ def _common_options() -> argparse.ArgumentParser:
     )
     group.add_argument("--config", type=Path, default=None, help="config file (PM_CONFIG, else ./pm.yaml)")
     group.add_argument(
-        "--app", default=None, help="the pm.App to run, module:attr (PM_APP; default: the customer-email app)"
+        "--app", default=None, help="the pm.App to run, module:attr (PM_APP; default: the bundled app)"
     )
     return common
 
@@ -58,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = _common_options()
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers, common)
+    # Commands of installed plugins (e.g. this repository's benchmarks): the core imports none by name.
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        entry.load()(subparsers, common)
     return parser
 
 

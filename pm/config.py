@@ -24,6 +24,8 @@ __all__ = ["Config", "ConfigError", "load_config", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 9092
 _KAFKA_ENV_PREFIX = "PM_KAFKA_"
+_ENV_PREFIX = "PM_"
+_NOT_SETTINGS = frozenset({"PM_CONFIG"})  # read by load_config itself
 
 
 class ConfigError(PmError, ValueError):
@@ -33,7 +35,7 @@ class ConfigError(PmError, ValueError):
 @dataclass(frozen=True)
 class Config:
     bootstrap: str = ""
-    app: str = ""  # `module:attr` of the pm.App to run; empty: the bundled customer-email app
+    app: str = ""  # `module:attr` of the pm.App to run; empty: the bundled app
     topic_prefix: str = ""
     state_dir: Path = Path(".pm")
     instance_id: str = "pm-0"
@@ -42,19 +44,22 @@ class Config:
     llm_base_url: str = ""
     llm_model: str = "gpt-4o-mini"
     openai_api_key: str = ""
-    order_service_url: str = "http://127.0.0.1:8765"
-    smtp_host: str = "127.0.0.1"
-    smtp_port: int = 8025
-    smtp_user: str = ""
-    smtp_password: str = ""
-    smtp_starttls: bool = False
-    smtp_ssl: bool = False
-    reply_from: str = "support@example.com"
+    # The app's own settings (its services' URLs, credentials...): the config file's `settings:` map
+    # and every other PM_<NAME> variable as `name`. The app reads and types them (see its settings).
+    settings: Mapping[str, str] = field(default_factory=dict)
     # Approvals
     approval_keys: Mapping[str, str] = field(default_factory=dict)
     reviewers: tuple[str, ...] = ()
     # Latency knob for local brokers (see shared notes: Tansu answers waiting fetches late).
     fetch_wait_max_ms: int = 100
+
+    def setting(self, name: str, default: str = "") -> str:
+        """An app setting (`settings:` in the config file, or PM_<NAME>), else `default`."""
+        return self.settings.get(name, default)
+
+    def with_settings(self, **values: object) -> Config:
+        """A copy with these app settings set (values as text, as the environment would give them)."""
+        return replace(self, settings={**self.settings, **{k: str(v) for k, v in values.items()}})
 
     def topic(self, name: str) -> str:
         """The physical topic name for a logical one (`cmd.classify` -> `<prefix>cmd.classify`)."""
@@ -93,14 +98,6 @@ _ENV_FIELDS: dict[str, str] = {
     "PM_LLM_BASE_URL": "llm_base_url",
     "PM_LLM_MODEL": "llm_model",
     "OPENAI_API_KEY": "openai_api_key",
-    "PM_ORDER_SERVICE_URL": "order_service_url",
-    "PM_SMTP_HOST": "smtp_host",
-    "PM_SMTP_PORT": "smtp_port",
-    "PM_SMTP_USER": "smtp_user",
-    "PM_SMTP_PASSWORD": "smtp_password",
-    "PM_SMTP_STARTTLS": "smtp_starttls",
-    "PM_SMTP_SSL": "smtp_ssl",
-    "PM_REPLY_FROM": "reply_from",
     "PM_APPROVAL_KEYS": "approval_keys",
     "PM_REVIEWERS": "reviewers",
     "PM_FETCH_WAIT_MAX_MS": "fetch_wait_max_ms",
@@ -123,7 +120,7 @@ def _coerce(name: str, raw: Any) -> Any:
         if name == "reviewers":
             items = raw if isinstance(raw, list) else str(raw).split(",")
             return tuple(s.strip() for s in items if str(s).strip())
-        if name == "kafka":
+        if name in ("kafka", "settings"):
             return {str(k): str(v) for k, v in dict(raw).items()}
         return str(raw)
     except (TypeError, ValueError) as exc:
@@ -176,10 +173,14 @@ def load_config(
             config_file = Path("pm.yaml")
     values = _file_values(config_file)
     kafka = dict(values.get("kafka", {}))
+    settings = dict(values.get("settings", {}))
     for key, value in env.items():
         if key in _ENV_FIELDS and value != "":
             values[_ENV_FIELDS[key]] = _coerce(_ENV_FIELDS[key], value)
         elif key.startswith(_KAFKA_ENV_PREFIX):
             kafka[key[len(_KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
+        elif key.startswith(_ENV_PREFIX) and key not in _NOT_SETTINGS:
+            settings[key[len(_ENV_PREFIX) :].lower()] = value
     values["kafka"] = kafka
+    values["settings"] = settings
     return Config(**values).with_overrides(**overrides)

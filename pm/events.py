@@ -11,14 +11,11 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 __all__ = [
-    "Step",
-    "STEPS",
     "Timestamp",
     "Model",
     "Event",
@@ -28,41 +25,15 @@ __all__ = [
     "command_id",
     "utc_ms",
     # payload parts
-    "Email",
     "LlmCall",
-    "Order",
-    "RefundPolicy",
-    "Draft",
     "TimerSpec",
     "Command",
     "CommandPayload",
     "Result",
     "ResultPayload",
     # inputs from upstream
-    "EmailReceived",
-    "EmailReceivedPayload",
     # commands
-    "ClassifyEmail",
-    "ClassifyEmailPayload",
-    "FetchOrder",
-    "FetchOrderPayload",
-    "FetchRefundPolicy",
-    "FetchRefundPolicyPayload",
-    "DraftReply",
-    "DraftReplyPayload",
-    "SendEmail",
-    "SendEmailPayload",
     # step results
-    "EmailClassified",
-    "EmailClassifiedPayload",
-    "OrderFetched",
-    "OrderFetchedPayload",
-    "RefundPolicyFetched",
-    "RefundPolicyFetchedPayload",
-    "ReplyDrafted",
-    "ReplyDraftedPayload",
-    "EmailSent",
-    "EmailSentPayload",
     "StepFailed",
     "StepFailedPayload",
     # approvals
@@ -98,8 +69,6 @@ def utc_ms(value: datetime) -> datetime:
 
 Timestamp = Annotated[datetime, AfterValidator(utc_ms)]
 
-# Money amounts a model may claim are bounded well inside Avro's long, so absurd values fail validation.
-MAX_CENTS = 10**12
 
 # Namespace for every ID the PM derives (command IDs, event IDs): uuid5 keeps them deterministic.
 _ID_NAMESPACE = uuid.UUID("6f1c2a4e-8d0b-5b7e-9a51-3c2f0e6d4b19")
@@ -124,17 +93,6 @@ def command_id(correlation_id: str, step: str, attempt: int) -> str:
     return derive_id(correlation_id, step, attempt)
 
 
-class Step(StrEnum):
-    CLASSIFY = "classify"
-    FETCH_ORDER = "fetch-order"
-    FETCH_REFUND_POLICY = "fetch-refund-policy"
-    DRAFT_REPLY = "draft-reply"
-    SEND_EMAIL = "send-email"
-
-
-STEPS: tuple[str, ...] = tuple(s.value for s in Step)
-
-
 class Model(BaseModel):
     """Base of every payload and payload part: frozen, strict about unknown fields."""
 
@@ -142,21 +100,6 @@ class Model(BaseModel):
 
 
 # ---------------------------------------------------------------- payload parts
-
-
-class Email(Model):
-    """The customer's e-mail as the process sees it."""
-
-    message_id: str = Field(min_length=1)
-    thread_id: str | None = None
-    sender: str = Field(min_length=3)
-    recipient: str = Field(min_length=3)
-    subject: str
-    body: str
-    received_at: Timestamp
-    order_id: str | None = None
-    # Schema v2 (the evolution example): upstream tags; v1 records read with the default [].
-    labels: list[str] = Field(default_factory=list)
 
 
 class LlmCall(Model):
@@ -169,43 +112,6 @@ class LlmCall(Model):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_ms: int = 0
-
-
-class Order(Model):
-    order_id: str
-    customer_email: str
-    customer_name: str
-    carrier: str
-    status: str  # e.g. processing, shipped, delivered, lost
-    shipped_at: Timestamp | None = None
-    expected_delivery: Timestamp | None = None
-    total_cents: int
-    shipping_cost_cents: int
-    currency: str = "USD"
-
-
-class RefundPolicy(Model):
-    """A versioned refund policy for one intent category."""
-
-    category: str
-    version: str
-    refund_shipping: bool  # shipping cost may be refunded
-    max_refund_cents: int  # absolute cap per order
-    max_refund_ratio: float  # cap as a fraction of the order total
-    allowed_promises: list[str]  # promise codes a reply may make (e.g. "refund_shipping", "reship")
-    summary: str
-
-
-class Draft(Model):
-    """A reply draft: the text plus the structured claims the guard checks."""
-
-    subject: str
-    body: str
-    order_id: str | None = None  # the order the reply quotes
-    refund_cents: int = Field(
-        default=0, ge=0, le=MAX_CENTS
-    )  # refund the reply offers (model output: bound it)
-    promises: list[str] = Field(default_factory=list)  # promise codes the reply makes
 
 
 class TimerSpec(Model):
@@ -264,52 +170,12 @@ def event_type(cls: E) -> E:
 # ---------------------------------------------------------------- upstream input
 
 
-class EmailReceivedPayload(Email):
-    pass
-
-
-@event_type
-class EmailReceived(Event):
-    TYPE = "EmailReceived"
-    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
-    TOPIC = "email.received"
-    payload: EmailReceivedPayload
-
-
 # ---------------------------------------------------------------- commands (PM -> cmd.<step>)
 
 
 class CommandPayload(Model):
     command_id: str
     attempt: int = Field(ge=1)
-
-
-class ClassifyEmailPayload(CommandPayload):
-    email: Email
-
-
-class FetchOrderPayload(CommandPayload):
-    order_id: str
-
-
-class FetchRefundPolicyPayload(CommandPayload):
-    category: str  # intent category the policy is for
-
-
-class DraftReplyPayload(CommandPayload):
-    email: Email
-    intent: str
-    order: Order | None
-    policy: RefundPolicy
-    violations: list[str] = Field(default_factory=list)  # guard findings on the previous draft (repair)
-    previous_draft: Draft | None = None
-
-
-class SendEmailPayload(CommandPayload):
-    to: str
-    subject: str
-    body: str
-    in_reply_to: str | None = None
 
 
 class Command(Event):
@@ -323,43 +189,6 @@ class Command(Event):
         return f"cmd.{type(self).STEP}"
 
 
-@event_type
-class ClassifyEmail(Command):
-    TYPE = "ClassifyEmail"
-    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
-    STEP = Step.CLASSIFY
-    payload: ClassifyEmailPayload
-
-
-@event_type
-class FetchOrder(Command):
-    TYPE = "FetchOrder"
-    STEP = Step.FETCH_ORDER
-    payload: FetchOrderPayload
-
-
-@event_type
-class FetchRefundPolicy(Command):
-    TYPE = "FetchRefundPolicy"
-    STEP = Step.FETCH_REFUND_POLICY
-    payload: FetchRefundPolicyPayload
-
-
-@event_type
-class DraftReply(Command):
-    TYPE = "DraftReply"
-    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
-    STEP = Step.DRAFT_REPLY
-    payload: DraftReplyPayload
-
-
-@event_type
-class SendEmail(Command):
-    TYPE = "SendEmail"
-    STEP = Step.SEND_EMAIL
-    payload: SendEmailPayload
-
-
 # ---------------------------------------------------------------- step results (-> step.results)
 
 
@@ -368,39 +197,10 @@ class ResultPayload(Model):
     attempt: int = Field(ge=1)
 
 
-class EmailClassifiedPayload(ResultPayload):
-    intent: str  # refund_request, delivery_status, complaint, other
-    risk: Literal["low", "medium", "high"]
-    order_id: str | None = None
-    confidence: float = Field(ge=0.0, le=1.0)
-    llm: LlmCall
-
-
-class OrderFetchedPayload(ResultPayload):
-    order_id: str
-    found: bool
-    order: Order | None = None
-
-
-class RefundPolicyFetchedPayload(ResultPayload):
-    policy: RefundPolicy
-
-
-class ReplyDraftedPayload(ResultPayload):
-    draft: Draft
-    llm: LlmCall
-
-
-class EmailSentPayload(ResultPayload):
-    to: str
-    message_id: str  # RFC 5322 Message-ID, derived from the command ID
-    smtp_response: str
-
-
 class StepFailedPayload(ResultPayload):
     step: str
     retryable: bool
-    uncertain: bool = False  # side effect may or may not have happened (send-email crash): a human decides
+    uncertain: bool = False  # side effect may or may not have happened (a crash mid side effect): a human decides
     reason: str
     errors: list[str] = Field(default_factory=list)
     llm: LlmCall | None = None
@@ -410,36 +210,6 @@ class Result(Event):
     """Base of every step result (-> `step.results`): type the payload with a `ResultPayload` subclass."""
 
     TOPIC = "step.results"
-
-
-@event_type
-class EmailClassified(Result):
-    TYPE = "EmailClassified"
-    payload: EmailClassifiedPayload
-
-
-@event_type
-class OrderFetched(Result):
-    TYPE = "OrderFetched"
-    payload: OrderFetchedPayload
-
-
-@event_type
-class RefundPolicyFetched(Result):
-    TYPE = "RefundPolicyFetched"
-    payload: RefundPolicyFetchedPayload
-
-
-@event_type
-class ReplyDrafted(Result):
-    TYPE = "ReplyDrafted"
-    payload: ReplyDraftedPayload
-
-
-@event_type
-class EmailSent(Result):
-    TYPE = "EmailSent"
-    payload: EmailSentPayload
 
 
 @event_type
@@ -501,8 +271,8 @@ class ApprovalDecidedPayload(Model):
 @event_type
 class ApprovalRequested(Event):
     TYPE = "ApprovalRequested"
-    # 3: a generic proposal instead of the e-mail draft (v1, v2 kept under schemas/; the bundled app
-    # upcasts them); 2: Email gained `labels`.
+    # 3: a generic proposal (v1 and v2 carried the bundled app's own fields; kept under schemas/,
+    # that app upcasts them).
     SCHEMA_VERSION = 3
     TOPIC = "approvals.requested"
     payload: ApprovalRequestedPayload

@@ -43,9 +43,8 @@ def child_env(config: Config, **extra: str) -> dict[str, str]:
         "PM_STATE_DIR": str(config.state_dir),
         "PM_TOPIC_PREFIX": config.topic_prefix,
         "PM_FETCH_WAIT_MAX_MS": str(config.fetch_wait_max_ms),
-        "PM_ORDER_SERVICE_URL": config.order_service_url,
-        "PM_SMTP_HOST": config.smtp_host,
-        "PM_SMTP_PORT": str(config.smtp_port),
+        # The app's settings, as the environment carries them (PM_<NAME>).
+        **{f"PM_{name.upper()}": value for name, value in config.settings.items()},
     }
     env.update(extra)
     return env

@@ -44,7 +44,6 @@ class Status(StrEnum):
 
     RUNNING = "running"
     WAITING_FOR_APPROVAL = "waiting_for_approval"
-    SENT = "sent"  # the bundled customer-email app's outcome (kept here while that app moves out)
     REJECTED = "rejected"
     ESCALATED = "escalated"
     FAILED = "failed"
@@ -52,7 +51,7 @@ class Status(StrEnum):
 
 # A process is active while running or waiting for a human; every other status is terminal.
 ACTIVE = frozenset({Status.RUNNING, Status.WAITING_FOR_APPROVAL})
-TERMINAL = frozenset({Status.SENT, Status.REJECTED, Status.ESCALATED, Status.FAILED})  # the known ones
+TERMINAL = frozenset({Status.REJECTED, Status.ESCALATED, Status.FAILED})  # the core's; apps name others
 _OUTCOME = r"^[a-z][a-z0-9_-]{0,39}$"
 
 

@@ -1,6 +1,6 @@
 """What a human approves: a proposal's canonical JSON and its hash (pure).
 
-A process asks for approval of one of its own models (an e-mail draft, a credit note, ...). The
+A process asks for approval of one of its own models (a reply to send, a credit note, ...). The
 request carries that model as canonical JSON, and the hash of those bytes binds every decision
 to exactly the content the reviewer saw.
 """

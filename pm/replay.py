@@ -121,7 +121,7 @@ def load_definition(spec: str) -> ProcessDefinition[Any]:
     """`MODULE:NAME` -> that object, which must look like a process definition."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ReplayError(f"--definition {spec!r}: expected MODULE:NAME (e.g. mypkg.rules:CUSTOMER_EMAIL_V2)")
+        raise ReplayError(f"--definition {spec!r}: expected MODULE:NAME (e.g. mypkg.rules:MY_PROCESS_V2)")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:

@@ -6,13 +6,13 @@ never the high watermark, which the local broker gets wrong) and works out, from
 topics alone, which requests still wait:
 
 - a request is *decided* once a decision for its approval ID that the PM could accept
-  is on `approvals`: same correlation ID, draft hash and policy version, before the
+  is on `approvals`: same correlation ID, proposal hash and policy version, before the
   deadline, and, as far as this tool's own configuration can tell, correctly signed and
   by an allowed reviewer. Other decisions (forged, stale, garbled) are listed as
   `ignored` with the reason, so they cannot hide a request from the reviewers. Whether
   the PM accepted a decision is the PM's call (see the journal); the topics cannot tell;
 - a request is *superseded* when a later request for the same correlation ID carries
-  another approval ID (the draft was repaired and approval asked again);
+  another approval ID (the proposal changed and approval was asked again);
 - reminders change nothing but are counted;
 - everything else is *pending*, oldest first.
 
@@ -224,7 +224,7 @@ class ReviewClient:
         if decided.correlation_id != request.correlation_id:
             return f"for correlation ID {decided.correlation_id!r}, not {request.correlation_id!r}"
         if p.draft_hash != asked.draft_hash:
-            return "draft hash mismatch"
+            return "proposal hash mismatch"
         if p.policy_version != asked.policy_version:
             return "policy version mismatch"
         if p.decided_at > asked.deadline:
@@ -272,8 +272,8 @@ class ReviewClient:
     ) -> Published:
         """Approve with a corrected text for the proposal's editable field; the process checks it first.
 
-        `fields` sets other proposal fields with the edit (signed with it; e.g. the e-mail app's
-        `refund_cents`, which must match any amount the edited text states); None keeps the proposal's.
+        `fields` sets other proposal fields with the edit (signed with it; the process checks them with
+        the text); None keeps the proposal's.
         """
         if not body.strip():
             raise ReviewError("an edit needs the corrected text (it is empty)")
@@ -424,7 +424,7 @@ def _check_decidable(record: PendingApproval) -> None:
         )
     if record.status == "superseded":
         raise ReviewError(
-            f"approval {record.approval_id} was superseded by {record.superseded_by} (the draft changed); "
+            f"approval {record.approval_id} was superseded by {record.superseded_by} (the proposal changed); "
             "decide the new request instead"
         )
     if record.expired():

@@ -6,7 +6,7 @@
   otherwise none), `OTEL_SDK_DISABLED=true` leaves the no-op API in place.
 - `inject` / `extract` carry W3C `traceparent` / `tracestate` in Kafka record headers, so a
   step consumer's span is the child of the PM span that produced its command.
-- `safe_attributes` keeps e-mail bodies and addresses out of spans unless `PM_OTEL_REDACT=0`.
+- `safe_attributes` keeps bodies, addresses and other personal data out of spans unless `PM_OTEL_REDACT=0`.
 - Metric instruments are created lazily from the global meter, so modules can import them freely.
 """
 
@@ -59,6 +59,7 @@ __all__ = [
     "Headers",
     "redaction_enabled",
     "safe_attributes",
+    "add_sensitive_keys",
     "event_attributes",
     "record_attributes",
     "llm_attributes",
@@ -231,24 +232,28 @@ def extract(headers: Headers | Mapping[str, str | bytes | None] | None) -> Conte
 # ---------------------------------------------------------------- attributes and redaction
 
 # Keys whose values are personal data (bodies, addresses, names): dropped when redaction is on.
-_SENSITIVE_KEYS = frozenset(
-    {
-        "body",
-        "subject",
-        "sender",
-        "recipient",
-        "to",
-        "from",
-        "email",
-        "address",
-        "customer_email",
-        "customer_name",
-        "edited_body",
-        "prompt",
-        "raw_output",
-        "draft",
-    }
-)
+# Apps add their own (`add_sensitive_keys`), e.g. the fields of their payloads that hold such data.
+_SENSITIVE_KEYS = {
+    "body",
+    "subject",
+    "sender",
+    "recipient",
+    "to",
+    "from",
+    "address",
+    "name",
+    "edited_body",
+    "edited_fields",
+    "prompt",
+    "raw_output",
+    "proposal",
+    "context",
+}
+
+
+def add_sensitive_keys(*keys: str) -> None:
+    """Also drop attributes with these (leaf) keys when redaction is on."""
+    _SENSITIVE_KEYS.update(keys)
 # Identifier keys are kept verbatim: a Message-ID looks like an address but is the correlation ID.
 _ID_SUFFIXES = ("correlation_id", "event_id", "causation_id", "command_id", "message_id", "message.key")
 _ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
@@ -256,7 +261,7 @@ AttributeValue = str | bool | int | float
 
 
 def redaction_enabled() -> bool:
-    """`PM_OTEL_REDACT` (default on): keep e-mail bodies and addresses out of telemetry."""
+    """`PM_OTEL_REDACT` (default on): keep bodies, addresses and other personal data out of telemetry."""
     return _truthy(os.environ.get("PM_OTEL_REDACT"), True)
 
 

@@ -2,7 +2,7 @@
 
     trace = run_definition(MY_PROCESS, [started, result_1, result_2])
     trace = fire_due(MY_PROCESS, trace, until=started.occurred_at + timedelta(hours=1))
-    assert trace.state.status is Status.ESCALATED and trace.commands_of(SendEmail) == ()
+    assert trace.state.status is Status.ESCALATED and trace.commands_of(Deliver) == ()
 
 `run_definition` / `feed` decide inputs the way the runtime does: the first input must start the
 process, an input whose `event_id` was already seen is ignored (dedupe), a rejected decision keeps
@@ -180,7 +180,7 @@ class _Runner(Generic[S]):
         self.published.extend(decision.publish)
         self.scheduled.extend(decision.schedule)
         self.cancelled.extend(decision.cancel)
-        for timer_id in decision.cancel:  # cancels first, then schedules: the runtime's order
+        for timer_id in decision.cancel:  # cancels first, then schedules: as the runtime does
             self.pending.pop(timer_id, None)
         self.pending.update({t.timer_id: t for t in decision.schedule})
         return decision

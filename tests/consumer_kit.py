@@ -10,22 +10,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from consumers.base import StepConsumer
-from pm.codec import decode, encode
-from pm.config import Config
-from pm.events import (
+from customer_email.events import (
     Email,
-    Event,
     FetchOrder,
     FetchOrderPayload,
     FetchRefundPolicy,
     FetchRefundPolicyPayload,
     SendEmail,
     SendEmailPayload,
-    command_id,
-    derive_id,
 )
+from pm.codec import decode, encode
+from pm.config import Config
+from pm.events import Event, command_id, derive_id
 from pm.kafka import make_consumer, make_producer
+from pm.steps.consumer import StepConsumer
 
 __all__ = [
     "fetch_order",

@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka.admin import AclOperation, ResourcePatternType
 from confluent_kafka.admin import ResourceType as KafkaResourceType
 
+from customer_email.events import STEPS
 from pm import journal, replay, review
 from pm.acls import (
     OPS,
@@ -34,7 +35,7 @@ from pm.acls import (
 from pm.cli import main
 from pm.commands.acls import _child_failure, _refusal
 from pm.config import Config
-from pm.events import STEPS, Event
+from pm.events import Event
 from pm.topics import load_layout
 
 LAYOUT = load_layout()
@@ -194,8 +195,8 @@ def test_pm_identities_match_the_runtime() -> None:
 
 
 def test_step_groups_match_the_step_consumers() -> None:
-    from consumers.base import StepConsumer
-    from pm.events import Step
+    from customer_email.events import Step
+    from pm.steps.consumer import StepConsumer
 
     class Handler:
         def __init__(self, step: Step) -> None:

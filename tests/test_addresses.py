@@ -6,8 +6,8 @@ import email.utils
 
 import pytest
 
-from pm.processes import addresses
-from pm.processes.addresses import MAX_ADDRESS_CHARS, AddressError, parse_address, same_address
+from customer_email import addresses
+from customer_email.addresses import MAX_ADDRESS_CHARS, AddressError, parse_address, same_address
 
 ACCEPTED = [
     ("jane@example.com", "jane@example.com"),

@@ -24,28 +24,17 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from pm.approvals import build_decision
-from pm.broker import LocalBroker
-from pm.client import EmailPublisher
-from pm.codec import decode, encode
-from pm.config import Config
-from pm.events import (
+from customer_email.events import (
     STEPS,
-    ApprovalDecided,
-    ApprovalRequested,
     ClassifyEmail,
-    DlqRecord,
     Draft,
     DraftReply,
     EmailClassified,
     EmailClassifiedPayload,
     EmailSent,
     EmailSentPayload,
-    Event,
     FetchOrder,
     FetchRefundPolicy,
-    JournalEntry,
-    LlmCall,
     Order,
     OrderFetched,
     OrderFetchedPayload,
@@ -55,10 +44,15 @@ from pm.events import (
     ReplyDrafted,
     ReplyDraftedPayload,
     SendEmail,
-    derive_id,
 )
+from customer_email.publisher import EmailPublisher
+from customer_email.rules import Budgets, CustomerEmailProcess
+from pm.approvals import build_decision
+from pm.broker import LocalBroker
+from pm.codec import decode, encode
+from pm.config import Config
+from pm.events import ApprovalDecided, ApprovalRequested, DlqRecord, Event, JournalEntry, LlmCall, derive_id
 from pm.kafka import make_consumer, make_producer
-from pm.processes.customer_email import Budgets, CustomerEmailProcess
 from pm.review import ReviewClient
 from pm.runtime import run_process_manager
 from pm.topics import apply_topics

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from customer_email.events import EmailReceived, EmailReceivedPayload
 from pm.approvals import (
     BAD_SIGNATURE,
     NO_REVIEWERS,
@@ -31,7 +32,7 @@ from pm.approvals import (
 )
 from pm.codec import decode, encode
 from pm.config import Config, load_config
-from pm.events import ApprovalDecided, EmailReceived, EmailReceivedPayload
+from pm.events import ApprovalDecided
 
 NOW = datetime(2026, 11, 24, 1, 2, 3, 456789, tzinfo=UTC)
 

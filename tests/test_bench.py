@@ -9,8 +9,8 @@ import json
 import pytest
 
 from bench import BENCHMARKS, pm_throughput
+from bench.command import register
 from bench.common import Result, report
-from pm.commands.bench import register
 from pm.config import Config
 from pm.errors import PmError
 

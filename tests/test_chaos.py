@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from bench.chaos import EDIT_MARKER, ChaosReport, Plan, check_mail, component_name, diff_records, supervised
-from pm.processes.customer_email import SEND_UNCERTAIN
+from customer_email.rules import SEND_UNCERTAIN
 
 
 def _record(status: str, reason: str | None = None, sent_message_id: str | None = None) -> Any:
@@ -124,7 +124,8 @@ def test_component_names_and_supervised_children() -> None:
         == "send-email"
     )
     assert component_name([sys.executable, "-m", "pm", "run", "pm", "--bootstrap", "b"]) == "pm"
-    assert component_name([sys.executable, "-m", "pm", "run", "smtp-sink", "--port", "1"]) == "smtp-sink"
+    argv = [sys.executable, "-m", "pm", "run", "service", "--prefix", "p.", "smtp-sink", "--port", "1"]
+    assert component_name(argv) == "smtp-sink"
     assert component_name(["sleep", "30"]) is None
     # Children of this process, found through /proc like the killer finds the supervisor's.
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "run", "pm"])

@@ -11,12 +11,13 @@ from datetime import datetime
 from confluent_kafka import TopicPartition
 from consumer_kit import Reader, fetch_order, produce, produce_raw, running
 
-from consumers.base import OffsetTracker, RetryPolicy, StepConsumer
-from consumers.step import PermanentError, TransientError, result_event
+from customer_email.events import OrderFetched, OrderFetchedPayload, Step
 from pm.codec import decode
 from pm.config import Config
-from pm.events import DlqRecord, Event, OrderFetched, OrderFetchedPayload, Step, StepFailed
+from pm.events import DlqRecord, Event, StepFailed
 from pm.kafka import make_consumer
+from pm.steps.consumer import OffsetTracker, RetryPolicy, StepConsumer
+from pm.steps.handler import PermanentError, TransientError, result_event
 
 FAST = RetryPolicy(tries=3, base_delay=0.01, max_delay=0.05)
 

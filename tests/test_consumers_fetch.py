@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,18 +9,19 @@ import pytest
 from consumer_kit import Reader, fetch_order, fetch_policy, produce, running
 
 from consumers import load_handler
-from consumers.base import RetryPolicy, StepConsumer
 from consumers.fetch_refund_policy import DEFAULT_POLICY_FILE, PolicyFileError, load_policies
 from consumers.order_service import OrderService
+from customer_email.events import OrderFetched, RefundPolicyFetched
 from pm.broker import free_port
 from pm.config import Config
-from pm.events import OrderFetched, RefundPolicyFetched, StepFailed
+from pm.events import StepFailed
+from pm.steps.consumer import RetryPolicy, StepConsumer
 
 
 def test_fetch_order_found_missing_and_service_down(topics: Config) -> None:
     reader = Reader(topics)
     with OrderService(port=0) as service:
-        config = replace(topics, order_service_url=service.url)
+        config = topics.with_settings(order_service_url=service.url)
         found, missing = fetch_order("A-1001"), fetch_order("A-404")
         with running(StepConsumer(config, load_handler("fetch-order", config))):
             produce(config, found, missing)
@@ -31,7 +31,7 @@ def test_fetch_order_found_missing_and_service_down(topics: Config) -> None:
     assert ok.payload.order.shipping_cost_cents == 899 and ok.payload.order.carrier == "UPS"
     assert isinstance(absent, OrderFetched) and not absent.payload.found and absent.payload.order is None
 
-    down = replace(topics, order_service_url=f"http://127.0.0.1:{free_port()}")
+    down = topics.with_settings(order_service_url=f"http://127.0.0.1:{free_port()}")
     command = fetch_order("A-1001")
     retry = RetryPolicy(tries=2, base_delay=0.01, max_delay=0.02)
     with running(StepConsumer(down, load_handler("fetch-order", down, timeout=1.0), retry=retry)):

@@ -9,22 +9,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from consumer_kit import Reader, produce, running, send_email
 
 from consumers import load_handler
-from consumers.base import StepConsumer
-from consumers.ledger import Ledger
 from consumers.send_email import FAULT_ENV, SendEmailHandler, message_id_for
 from consumers.smtp_sink import SmtpSink
-from consumers.step import PermanentError
+from customer_email.addresses import parse_address
+from customer_email.events import EmailSent
 from pm.broker import free_port
 from pm.config import Config
-from pm.events import EmailSent, StepFailed
-from pm.processes.addresses import parse_address
+from pm.events import StepFailed
+from pm.steps.consumer import StepConsumer
+from pm.steps.handler import PermanentError
+from pm.steps.ledger import Ledger
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def sink(tmp_path: Path) -> Iterator[SmtpSink]:
 
 
 def test_sent_once_even_when_redelivered(topics: Config, sink: SmtpSink) -> None:
-    config = replace(topics, smtp_port=sink.port, reply_from="support@shop.example")
+    config = topics.with_settings(smtp_port=sink.port, reply_from="support@shop.example")
     reader = Reader(config)
     command = send_email(to="jane@example.com")
     with running(StepConsumer(config, load_handler("send-email", config))):
@@ -65,7 +65,7 @@ SPOOFED_RECIPIENTS = [
 def test_refused_recipient_sends_nothing_and_leaves_the_ledger_alone(
     tmp_path: Path, sink: SmtpSink, to: str
 ) -> None:
-    config = Config(smtp_port=sink.port, state_dir=tmp_path / "state")
+    config = Config(state_dir=tmp_path / "state").with_settings(smtp_port=sink.port)
     handler = SendEmailHandler(config)
     ledger = Ledger(tmp_path / "ledger")
     handler.use_ledger(ledger)
@@ -82,7 +82,7 @@ def test_refused_recipient_sends_nothing_and_leaves_the_ledger_alone(
 def test_spoofed_recipient_is_a_failed_result_and_a_plain_one_is_delivered(
     topics: Config, sink: SmtpSink
 ) -> None:
-    config = replace(topics, smtp_port=sink.port, reply_from="support@shop.example")
+    config = topics.with_settings(smtp_port=sink.port, reply_from="support@shop.example")
     reader = Reader(config)
     spoofed = send_email(to='"victim@shop.example" <attacker@evil.example>')
     listed = send_email(to="attacker@evil.example, victim@shop.example")
@@ -105,9 +105,9 @@ def test_spoofed_recipient_is_a_failed_result_and_a_plain_one_is_delivered(
 
 
 def test_smtp_down_is_retried_then_retryable(topics: Config) -> None:
-    from consumers.base import RetryPolicy
+    from pm.steps.consumer import RetryPolicy
 
-    config = replace(topics, smtp_port=free_port())
+    config = topics.with_settings(smtp_port=free_port())
     reader = Reader(config)
     retry = RetryPolicy(tries=2, base_delay=0.01, max_delay=0.02)
     with running(StepConsumer(config, load_handler("send-email", config), retry=retry)):

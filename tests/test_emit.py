@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Message, TopicPartition
 
+from customer_email.addresses import parse_address
+from customer_email.events import EmailReceived, FetchOrder
+from customer_email.publisher import EmailPublisher, InvalidEmail, email_event
 from pm.cli import main
-from pm.client import EmailPublisher, InvalidEmail, email_event, produce_event
+from pm.client import produce_event
 from pm.codec import decode
 from pm.config import Config
-from pm.events import DlqRecord, EmailReceived, FetchOrder, derive_id
+from pm.events import DlqRecord, derive_id
 from pm.kafka import make_consumer, make_producer
-from pm.processes.addresses import parse_address
 
 PARTITIONS = 6  # email.received in topics.yaml
 

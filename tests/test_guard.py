@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from pm.events import Draft, Email, Order, RefundPolicy
-from pm.processes.guard import (
+from customer_email.events import Draft, Email, Order, RefundPolicy
+from customer_email.guard import (
     BODY_MAX_CHARS,
     BODY_MIN_CHARS,
     addresses,

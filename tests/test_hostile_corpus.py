@@ -35,13 +35,14 @@ from llm_server import LlmServer
 from obedient_model import obedient_responder
 from pydantic import ValidationError
 
+from customer_email.events import EmailReceived, EmailReceivedPayload
 from pm.approvals import ensure_local_key
 from pm.broker import free_port
 from pm.client import produce_event
 from pm.codec import CodecError, decode
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC
-from pm.events import ApprovalDecided, DlqRecord, EmailReceived, EmailReceivedPayload, derive_id
+from pm.events import ApprovalDecided, DlqRecord, derive_id
 from pm.harness import Child, JournalTail, child_env, pm_argv
 from pm.kafka import make_consumer, make_producer
 from pm.review import ReviewClient
@@ -365,22 +366,19 @@ def test_hostile_corpus_end_to_end(topics: Config, tmp_path: Path) -> None:
     started = time.monotonic()
     cases = load_corpus(uuid.uuid4().hex[:8])
     order_port, smtp_port = free_port(), free_port()
-    config = topics.with_overrides(
-        order_service_url=f"http://127.0.0.1:{order_port}",
-        smtp_host="127.0.0.1",
-        smtp_port=smtp_port,
-        reviewers=(REVIEWER,),
+    config = topics.with_overrides(reviewers=(REVIEWER,)).with_settings(
+        order_service_url=f"http://127.0.0.1:{order_port}", smtp_host="127.0.0.1", smtp_port=smtp_port
     )
     ensure_local_key(config)  # the review client signs with it; the PM children verify with the same file
     maildir, logs = tmp_path / "maildir", tmp_path / "logs"
     logs.mkdir()
     children = [
         Child(
-            "order-service", pm_argv("run", "order-service", "--port", str(order_port)), logs / "order.log"
+            "order-service", pm_argv("run", "service", "order-service", "--port", str(order_port)), logs / "order.log"
         ),
         Child(
             "smtp-sink",
-            pm_argv("run", "smtp-sink", "--port", str(smtp_port), "--maildir", str(maildir)),
+            pm_argv("run", "service", "smtp-sink", "--port", str(smtp_port), "--maildir", str(maildir)),
             logs / "smtp.log",
         ),
         Child("pm", pm_argv("run", "pm"), logs / "pm.log"),

@@ -23,9 +23,10 @@ from test_customer_email_rules import (
     only,
 )
 
-from pm.events import ApprovalRequested, Draft, EmailReceived, EmailReceivedPayload, SendEmail
+from customer_email import CUSTOMER_EMAIL
+from customer_email.events import Draft, EmailReceived, EmailReceivedPayload, SendEmail
+from pm.events import ApprovalRequested
 from pm.process import InvalidInput, Status
-from pm.processes import CUSTOMER_EMAIL
 
 # What a hijacked model drafts while claiming no refund and no promise (refund_cents 0, promises []).
 UNDECLARED_MONEY = [

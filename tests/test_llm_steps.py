@@ -26,9 +26,7 @@ from consumers.llm import (
 from consumers.llm_output import Classification, Draft
 from consumers.offline import extract_order_id, offline_classification, offline_draft
 from consumers.rate_limit import RateLimiter
-from consumers.step import PermanentError, TransientError
-from pm.config import Config
-from pm.events import (
+from customer_email.events import (
     ClassifyEmail,
     ClassifyEmailPayload,
     DraftReply,
@@ -38,10 +36,11 @@ from pm.events import (
     Order,
     RefundPolicy,
     ReplyDrafted,
-    StepFailed,
-    command_id,
 )
-from pm.processes.guard import check_draft
+from customer_email.guard import check_draft
+from pm.config import Config
+from pm.events import StepFailed, command_id
+from pm.steps.handler import PermanentError, TransientError
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 CID = "msg-001@example.com"
@@ -523,7 +522,7 @@ def test_classify_end_to_end_through_kafka(topics: Config) -> None:
     from consumer_kit import Reader, produce, running
 
     from consumers import load_handler
-    from consumers.base import RetryPolicy, StepConsumer
+    from pm.steps.consumer import RetryPolicy, StepConsumer
 
     flaky_calls: list[int] = []
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pm.processes.money import (
+from customer_email.money import (
     LANGUAGES,
     MAX_SCAN_CHARS,
     Amount,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from consumers.order_service import OrderService, load_orders
-from pm.events import Order
+from customer_email.events import Order
 
 
 def test_sample_orders_cover_the_demo_and_the_missing_order() -> None:

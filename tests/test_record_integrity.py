@@ -23,9 +23,10 @@ from test_runtime_support import (
     wait_until,
 )
 
+from customer_email.events import EmailReceived
 from pm.codec import decode, encode
 from pm.config import Config
-from pm.events import ApprovalDecided, ApprovalDecidedPayload, DlqRecord, EmailReceived, Event, TimerFired
+from pm.events import ApprovalDecided, ApprovalDecidedPayload, DlqRecord, Event, TimerFired
 from pm.integrity import KEY_MISMATCH, MISSING_KEY, SHOWN_LIMIT, WRONG_PARTITION, record_problem, shown
 from pm.journal import iter_journal
 from pm.kafka import make_producer

@@ -16,13 +16,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
 
-from pm.cli import main
-from pm.codec import encode
-from pm.config import Config
-from pm.events import (
-    ApprovalDecided,
-    ApprovalDecidedPayload,
-    ApprovalRequested,
+from customer_email.events import (
     ClassifyEmail,
     Draft,
     DraftReply,
@@ -32,10 +26,8 @@ from pm.events import (
     EmailReceivedPayload,
     EmailSent,
     EmailSentPayload,
-    Event,
     FetchOrder,
     FetchRefundPolicy,
-    LlmCall,
     Order,
     OrderFetched,
     OrderFetchedPayload,
@@ -46,13 +38,16 @@ from pm.events import (
     ReplyDraftedPayload,
     SendEmail,
     Step,
-    derive_id,
 )
+from customer_email.rules import CUSTOMER_EMAIL, Budgets, CustomerEmailProcess, EmailState
+from pm.cli import main
+from pm.codec import encode
+from pm.config import Config
+from pm.events import ApprovalDecided, ApprovalDecidedPayload, ApprovalRequested, Event, LlmCall, derive_id
 from pm.journal import build_entry, evaluate, iter_journal, journal_partitions
 from pm.kafka import make_consumer, make_producer
 from pm.partitioner import murmur2, partition_for
 from pm.process import Decision, ProcessDefinition, ProcessState
-from pm.processes.customer_email import CUSTOMER_EMAIL, Budgets, CustomerEmailProcess, EmailState
 from pm.replay import Until, replay_process, what_if
 from pm.replay import deployed_registry as registry
 
@@ -222,7 +217,7 @@ class Journal:
             partition=0,
             offset=offset,
             outcome=outcome,
-            status=str(after.status.value),
+            status=str(after.status),
             decided_at=now,
         )
         self.producer.produce(

@@ -16,22 +16,14 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, Producer, TopicPartiti
 from fastavro import parse_schema, schemaless_writer
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from customer_email.approval_request import approval_payload
+from customer_email.events import Draft, Email, Order
 from pm.approvals import ApprovalVerifier, build_decision, ensure_local_key
 from pm.cli import main
 from pm.codec import decode, encode
 from pm.config import Config
-from pm.events import (
-    ApprovalDecided,
-    ApprovalReminder,
-    ApprovalReminderPayload,
-    ApprovalRequested,
-    Draft,
-    Email,
-    Event,
-    Order,
-)
+from pm.events import ApprovalDecided, ApprovalReminder, ApprovalReminderPayload, ApprovalRequested, Event
 from pm.kafka import make_consumer, make_producer
-from pm.processes.approval_request import approval_payload
 from pm.review import ReviewClient, ReviewError, UnknownApproval
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
@@ -472,7 +464,7 @@ def test_decisions_the_pm_would_refuse_do_not_hide_a_request(
     assert pending.approval_id == p.approval_id and pending.decisions == ()
     whys = {d.event_id: why for d, why in pending.ignored}
     assert whys[forged.event_id].startswith("bad signature")
-    assert whys[stale.event_id] == "draft hash mismatch"
+    assert whys[stale.event_id] == "proposal hash mismatch"
     assert whys[outsider.event_id].startswith("reviewer not allowed")
     code, out, _ = cli(review, "approvals", "show", p.approval_id, capsys=capsys)
     assert code == 0 and out.count("ignored decision:") == 3

@@ -27,13 +27,7 @@ from pm.cli import main as pm_main
 from pm.codec import decode
 from pm.commands.processes import list_processes
 from pm.config import Config
-from pm.events import (
-    ApprovalDecided,
-    ApprovalDecidedPayload,
-    DlqRecord,
-    TimerFired,
-    derive_id,
-)
+from pm.events import ApprovalDecided, ApprovalDecidedPayload, DlqRecord, TimerFired, derive_id
 from pm.journal import iter_journal
 from pm.runtime import ProcessManager
 from pm.store import PartitionStore, StoreError, list_store_paths, store_root

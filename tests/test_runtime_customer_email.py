@@ -9,11 +9,7 @@ from typing import Any
 
 from test_runtime_support import PmThread, wait_until
 
-from pm.approvals import ApprovalVerifier, build_decision
-from pm.codec import decode, encode
-from pm.config import Config
-from pm.events import (
-    ApprovalRequested,
+from customer_email.events import (
     ClassifyEmail,
     Draft,
     DraftReply,
@@ -21,10 +17,8 @@ from pm.events import (
     EmailReceived,
     EmailReceivedPayload,
     EmailSent,
-    Event,
     FetchOrder,
     FetchRefundPolicy,
-    LlmCall,
     Order,
     OrderFetched,
     RefundPolicy,
@@ -32,11 +26,14 @@ from pm.events import (
     ReplyDrafted,
     SendEmail,
     Step,
-    derive_id,
 )
+from customer_email.rules import STEP_TIMEOUTS
+from pm.approvals import ApprovalVerifier, build_decision
+from pm.codec import decode, encode
+from pm.config import Config
+from pm.events import ApprovalRequested, Event, LlmCall, derive_id
 from pm.journal import iter_journal
 from pm.kafka import make_consumer, make_producer
-from pm.processes.customer_email import STEP_TIMEOUTS
 
 LLM = LlmCall(provider="offline", model="rules", prompt="[]", raw_output="{}")
 CUSTOMER = "jane@example.com"

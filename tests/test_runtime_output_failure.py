@@ -18,9 +18,10 @@ from test_runtime_support import (
     wait_until,
 )
 
+from customer_email.events import SendEmail, SendEmailPayload
 from pm.codec import decode
 from pm.config import Config
-from pm.events import Event, SendEmail, SendEmailPayload, command_id
+from pm.events import Event, command_id
 from pm.process import Decision
 
 

@@ -22,9 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, TopicPartition
 
-from pm.codec import encode
-from pm.config import Config
-from pm.events import (
+from customer_email.events import (
     ClassifyEmail,
     ClassifyEmailPayload,
     Email,
@@ -34,16 +32,13 @@ from pm.events import (
     EmailReceivedPayload,
     EmailSent,
     EmailSentPayload,
-    Event,
-    LlmCall,
     SendEmail,
     SendEmailPayload,
     Step,
-    TimerFired,
-    TimerSpec,
-    command_id,
-    derive_id,
 )
+from pm.codec import encode
+from pm.config import Config
+from pm.events import Event, LlmCall, TimerFired, TimerSpec, command_id, derive_id
 from pm.kafka import make_consumer, make_producer
 from pm.process import Decision, ProcessState, Status, Upcaster
 from pm.runtime import ProcessManager, run_process_manager
@@ -91,7 +86,7 @@ class MiniProcess:
     def decide(self, state: MiniState, event: Event, now: datetime) -> Decision[MiniState]:
         cid = state.correlation_id
         if state.terminal:
-            return Decision(state, rejection=f"process is {state.status.value}")
+            return Decision(state, rejection=f"process is {state.status}")
         if isinstance(event, EmailReceived):
             if event.payload.subject == "boom":
                 raise RuntimeError("cannot handle this e-mail")
@@ -139,7 +134,7 @@ class MiniProcess:
             if state.stage != "sending":
                 return Decision(state, rejection="not sending")
             return Decision(
-                state.model_copy(update={"stage": "done", "status": Status.SENT, "steps": state.steps + 1})
+                state.model_copy(update={"stage": "done", "status": "sent", "steps": state.steps + 1})
             )
         if isinstance(event, TimerFired):
             if event.payload.timer_id != state.timer_id:
@@ -330,4 +325,4 @@ def expected_states(inputs: list[Event]) -> dict[str, tuple[str, str]]:
         except RuntimeError as exc:
             state = state.model_copy(update={"status": Status.FAILED, "reason": f"RuntimeError: {exc}"})
         states[event.correlation_id] = state
-    return {cid: (s.status.value, s.stage) for cid, s in states.items()}
+    return {cid: (str(s.status), s.stage) for cid, s in states.items()}

@@ -314,7 +314,7 @@ def test_a_type_with_two_different_latest_schemas_is_refused(tmp_path: Path) -> 
 
 
 def _email_event() -> Event:
-    from pm.events import EmailReceived, EmailReceivedPayload
+    from customer_email.events import EmailReceived, EmailReceivedPayload
 
     return EmailReceived(
         event_id="e-2",

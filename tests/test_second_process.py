@@ -12,12 +12,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pm.events import (
+from customer_email.events import (
     EmailReceived,
     EmailReceivedPayload,
     EmailSent,
     EmailSentPayload,
-    Event,
     FetchOrder,
     FetchOrderPayload,
     Order,
@@ -26,12 +25,8 @@ from pm.events import (
     SendEmail,
     SendEmailPayload,
     Step,
-    TimerFired,
-    TimerPayload,
-    TimerSpec,
-    command_id,
-    derive_id,
 )
+from pm.events import Event, TimerFired, TimerPayload, TimerSpec, command_id, derive_id
 from pm.process import Decision, ProcessDefinition, ProcessState, Status, Upcaster
 
 # ---------------------------------------------------------------- the process (under 80 lines)
@@ -113,7 +108,7 @@ class InvoiceDispute:
                 s.model_copy(update=update), commands=(cmd,), cancel=(s.timer_id,) if s.timer_id else ()
             )
         if isinstance(e, EmailSent):
-            return end(s, Status.SENT)
+            return end(s, "sent")
         return Decision(s, rejection=f"{e.type} is not part of an invoice dispute")
 
 
@@ -210,7 +205,7 @@ def test_dispute_is_acknowledged_with_the_order_total() -> None:
         and reply.payload.in_reply_to == CID
     )
     assert d2.cancel == (d1.schedule[0].timer_id,)
-    assert d3.state.status is Status.SENT and d3.state.pending is None
+    assert d3.state.status == "sent" and d3.state.pending is None
 
 
 def test_unhappy_paths_escalate_and_stale_inputs_change_nothing() -> None:

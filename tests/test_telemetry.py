@@ -15,9 +15,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from customer_email.events import EmailClassified, EmailClassifiedPayload
 from pm import telemetry
 from pm.config import Config
-from pm.events import EmailClassified, EmailClassifiedPayload, LlmCall
+from pm.events import LlmCall
 from pm.kafka import make_consumer, make_producer
 
 
@@ -247,9 +248,10 @@ def test_one_trace_across_the_pm_and_a_step_consumer(topics: Config, spans: InMe
     from test_runtime_support import PmThread, wait_until
 
     from consumers import load_handler
-    from consumers.base import StepConsumer
-    from pm.client import email_event, produce_event
-    from pm.processes import CUSTOMER_EMAIL
+    from customer_email import CUSTOMER_EMAIL
+    from customer_email.publisher import email_event
+    from pm.client import produce_event
+    from pm.steps.consumer import StepConsumer
 
     cid = "<trace-1@mail.example>"
     event = email_event(

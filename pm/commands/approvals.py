@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         )
         return sub
 
-    approve = decision_parser("approve", "approve the draft as it is")
+    approve = decision_parser("approve", "approve the proposal as it is")
     approve.set_defaults(handler=_approve)
     reject = decision_parser("reject", "reject: nothing is sent")
     reject.add_argument("--reason", required=True, help="why (kept in the journal)")
@@ -51,8 +51,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         action="append",
         default=[],
         metavar="FIELD=JSON",
-        help="also set a proposal field, signed with the edit, e.g. --set refund_cents=4500 "
-        "--set 'promises=[\"refund\"]' (repeatable; default: the proposal's values)",
+        help="also set a proposal field, signed with the edit, e.g. --set amount_cents=4500 "
+        "--set 'codes=[\"a\"]' (repeatable; default: the proposal's values)",
     )
     edit.set_defaults(handler=_edit)
 

@@ -1,15 +1,14 @@
-"""`pm emit email --file emails.jsonl`: publish upstream e-mails as an upstream system would.
+"""`pm emit NAME --file events.jsonl`: publish to an app's start topic as an upstream system would.
 
-Each non-blank line is one JSON object with the EmailReceived fields: `message_id`,
-`sender`, `recipient`, `subject`, `body`, optional `thread_id`, `order_id`, `labels`,
-and `received_at` (ISO-8601; the time of publishing when absent). Valid lines are
-produced to `email.received` keyed by the correlation ID (thread ID, else message ID);
-after every line has been read, the command waits for the broker and prints one line
-per e-mail: `line N: CORRELATION_ID -> TOPIC[PARTITION]@OFFSET`. A bad line (not UTF-8
-JSON, or an invalid e-mail such as a spoofed sender) is reported on stderr with its number
-and reason and also produced to `pm.dlq` as a DlqRecord (source `email.received`, partition
--1, offset = the line number, value = the line), so it is not lost; the others are still
-published, and the exit status is 1.
+NAME is a start topic of the app or its alias (StartTopic.alias).
+Each non-blank line is one JSON object that the start topic's `parse` function turns into an
+event (see the app's README for its fields). Valid lines are produced
+keyed by their correlation ID; after every line has been read, the command waits for the broker
+and prints one line per event: `line N: CORRELATION_ID -> TOPIC[PARTITION]@OFFSET`. A bad line
+(not UTF-8 JSON, or refused by `parse`, e.g. a spoofed sender) is reported on stderr with its
+number and reason and also produced to `pm.dlq` as a DlqRecord (source: the topic, partition -1,
+offset = the line number, value = the line), so it is not lost; the others are still published,
+and the exit status is 1.
 """
 
 from __future__ import annotations
@@ -26,31 +25,29 @@ from pathlib import Path
 from typing import TextIO
 
 from pm import telemetry
-from pm.client import Delivery, DeliveryError, EmailPublisher, InvalidEmail
+from pm.app import StartTopic, load_app
+from pm.client import Delivery, DeliveryError, Publisher
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
-from pm.events import EmailReceived, derive_id
+from pm.events import derive_id
 
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    emit = subparsers.add_parser("emit", help="publish upstream events (e-mails) to their topics")
-    kinds = emit.add_subparsers(dest="kind", required=True, metavar="KIND")
-    email = kinds.add_parser(
-        "email",
+    emit = subparsers.add_parser(
+        "emit",
         parents=[common],
-        help="publish e-mails from a JSON-lines file to email.received",
+        help="publish JSON lines to a start topic of the app (`pm emit NAME --file events.jsonl`)",
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
-    email.add_argument(
-        "--file", "-f", required=True, help="JSON-lines file, one e-mail per line; '-' for stdin"
-    )
-    email.add_argument(
+    emit.add_argument("name", metavar="NAME", help="a start topic of the app, or its alias")
+    emit.add_argument("--file", "-f", required=True, help="JSON-lines file, one event per line; '-' for stdin")
+    emit.add_argument(
         "--timeout", type=float, default=30.0, help="seconds to wait for the broker (default 30)"
     )
-    email.set_defaults(handler=_emit_email)
+    emit.set_defaults(handler=_emit)
 
 
 FAILED_BY = "pm emit"
@@ -76,8 +73,10 @@ def _open(name: str) -> Iterator[TextIO]:
 Callback = Callable[[Delivery | DeliveryError], None]
 
 
-def _submit(publisher: EmailPublisher, line: str, callback: Callback) -> tuple[str, str] | None:
-    """Produce the e-mail on `line`; None when submitted, else the bad line's (error type, reason)."""
+def _submit(
+    publisher: Publisher, start: StartTopic, line: str, callback: Callback
+) -> tuple[str, str] | None:
+    """Produce the event on `line`; None when submitted, else the bad line's (error type, reason)."""
     try:
         line.encode("utf-8")
     except UnicodeEncodeError as exc:  # surrogate-escaped bytes: the line was not UTF-8
@@ -89,19 +88,26 @@ def _submit(publisher: EmailPublisher, line: str, callback: Callback) -> tuple[s
     except RecursionError:
         return "InvalidJson", "not JSON: nested too deeply"
     try:
-        publisher.submit(data, callback)
-    except InvalidEmail as exc:
-        return "InvalidEmail", f"invalid e-mail: {exc}"
+        event = start.parser()(data)
+    except ValueError as exc:  # InvalidInput and pydantic's ValidationError among them
+        return type(exc).__name__, str(exc)
+    publisher.submit_event(event, callback, topic=start.name)
     return None
 
 
 def _dead_letter(
-    publisher: EmailPublisher, number: int, line: str, reason: str, error_type: str, callback: Callback
+    publisher: Publisher,
+    topic: str,
+    number: int,
+    line: str,
+    reason: str,
+    error_type: str,
+    callback: Callback,
 ) -> None:
-    """The bad line to `pm.dlq`: source email.received, partition -1, offset = line number."""
+    """The bad line to `pm.dlq`: source the start topic, partition -1, offset = line number."""
     value = line.removesuffix("\n").encode("utf-8", "surrogateescape")  # the bytes as read
     record, headers = dead_letter(
-        EmailReceived.TOPIC,
+        topic,
         -1,
         number,
         None,
@@ -113,28 +119,34 @@ def _dead_letter(
     )
     # Line N of every file shares the source position: the line's bytes make the event ID unique.
     record = record.model_copy(update={"event_id": derive_id("dlq", FAILED_BY, number, value.hex())})
-    publisher.submit_dead_letter(record, headers, callback)
-    telemetry.dlq_records().add(
-        1, {"messaging.destination.name": EmailReceived.TOPIC, "error.type": error_type}
-    )
+    publisher.submit_event(record, callback, headers=headers)
+    telemetry.dlq_records().add(1, {"messaging.destination.name": topic, "error.type": error_type})
 
 
-def _emit_email(args: argparse.Namespace, config: Config) -> int:
+def _emit(args: argparse.Namespace, config: Config) -> int:
+    start = load_app(config.app or None).start_topic(args.name)
+    start.parser()  # a topic without a parse function fails before any line is read
     results: dict[int, Delivery | DeliveryError] = {}
     dead: dict[int, Delivery | DeliveryError] = {}
     bad = 0
-    publisher = EmailPublisher(config)
+    publisher = Publisher(config)
     with _open(args.file) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            problem = _submit(publisher, line, functools.partial(results.__setitem__, number))
+            problem = _submit(publisher, start, line, functools.partial(results.__setitem__, number))
             if problem is not None:
                 bad += 1
                 error_type, reason = problem
                 print(f"line {number}: {reason}", file=sys.stderr)
                 _dead_letter(
-                    publisher, number, line, reason, error_type, functools.partial(dead.__setitem__, number)
+                    publisher,
+                    start.name,
+                    number,
+                    line,
+                    reason,
+                    error_type,
+                    functools.partial(dead.__setitem__, number),
                 )
     pending = publisher.flush(args.timeout)
     failed = 0

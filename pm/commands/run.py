@@ -1,4 +1,4 @@
-"""`pm run consumer|order-service|smtp-sink|pm|all`: run one component (or all) in the foreground."""
+"""`pm run consumer|service|pm|all`: run one component (or all) in the foreground."""
 
 from __future__ import annotations
 
@@ -8,15 +8,12 @@ import logging
 import signal
 import sys
 import threading
-from pathlib import Path
-from urllib.parse import urlsplit
 
 from pm.config import Config
 from pm.errors import PmError
 
-__all__ = ["register", "SERVICES", "child_specs"]
+__all__ = ["register", "child_specs"]
 
-SERVICES = ("order-service", "smtp-sink")
 # `pm run consumer` flags that go to a step's handler factory, if the step declares them (StepSpec.options).
 HANDLER_FLAGS = ("rpm", "tpm", "llm_latency_ms")
 
@@ -26,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parts = run.add_subparsers(dest="component", required=True, metavar="COMPONENT")
 
     consumer = parts.add_parser("consumer", parents=[common], help="run one step consumer")
-    consumer.add_argument("step", help="a step of the app (pm --app ...; default: the customer-email app)")
+    consumer.add_argument("step", help="a step of the app (pm --app ...; default: the bundled app)")
     consumer.add_argument("--concurrency", type=int, default=4, help="commands handled at once (default 4)")
     consumer.add_argument("--rpm", type=float, default=None, help="steps that take it: requests per minute cap")
     consumer.add_argument("--tpm", type=float, default=None, help="steps that take it: tokens per minute cap")
@@ -41,19 +38,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     consumer.set_defaults(handler=_consumer)
 
-    orders = parts.add_parser("order-service", parents=[common], help="the sample HTTP order service")
-    orders.add_argument("--port", type=int, default=None, help="default: the port of PM_ORDER_SERVICE_URL")
-    orders.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 inside a container)")
-    orders.add_argument(
-        "--orders", type=Path, default=None, help="orders JSON file (default: the sample orders)"
+    service = parts.add_parser(
+        "service", parents=[common], help="run a dev service of the app (App.services)"
     )
-    orders.set_defaults(handler=_order_service)
-
-    sink = parts.add_parser("smtp-sink", parents=[common], help="a local SMTP server writing to a Maildir")
-    sink.add_argument("--port", type=int, default=None, help="default: PM_SMTP_PORT")
-    sink.add_argument("--host", default="127.0.0.1", help="listen address (0.0.0.0 inside a container)")
-    sink.add_argument("--maildir", type=Path, required=True)
-    sink.set_defaults(handler=_smtp_sink)
+    service.add_argument("name", help="the service, as the app names it (App.services)")
+    service.add_argument("args", nargs=argparse.REMAINDER, help="the service's own options")
+    service.set_defaults(handler=_service)
 
     pm = parts.add_parser("pm", parents=[common], help="the process manager")
     pm.add_argument(
@@ -65,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     every = parts.add_parser("all", parents=[common], help="the PM and every step consumer, supervised")
     every.add_argument("--concurrency", type=int, default=4, help="per step consumer")
     every.add_argument("--max-active", type=int, default=None)
-    every.add_argument("--with-services", action="store_true", help="also run order-service and smtp-sink")
+    every.add_argument("--with-services", action="store_true", help="also run the app's dev services")
     every.add_argument(
         "--llm-latency-ms",
         type=int,
@@ -73,10 +63,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="steps that take --llm-latency-ms (offline LLM provider): latency per call",
     )
     every.add_argument(
-        "--maildir", type=Path, default=None, help="smtp-sink Maildir (default STATE_DIR/maildir)"
-    )
-    every.add_argument(
-        "--only", default=None, help="comma-separated subset: pm, step names, order-service, smtp-sink"
+        "--only", default=None, help="comma-separated subset: pm, step names, service names"
     )
     every.set_defaults(handler=_all)
 
@@ -96,8 +83,8 @@ def _logging() -> None:
 
 
 def _consumer(args: argparse.Namespace, config: Config) -> int:
-    from consumers.base import RetryPolicy, run_step_consumer
     from pm.app import load_app
+    from pm.steps.consumer import RetryPolicy, run_step_consumer
     from pm.telemetry import setup_telemetry
 
     step = load_app(config.app or None).step(args.step)  # an unknown step names the app's steps
@@ -129,37 +116,10 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _order_service(args: argparse.Namespace, config: Config) -> int:
-    from consumers.order_service import DEFAULT_ORDERS_FILE, OrderService, load_orders
+def _service(args: argparse.Namespace, config: Config) -> int:
+    from pm.app import load_app
 
-    port = args.port if args.port is not None else (urlsplit(config.order_service_url).port or 8765)
-    orders = load_orders(args.orders or DEFAULT_ORDERS_FILE)
-    stop = _stop_on_signals()
-    try:
-        service = OrderService(args.host, port, orders=orders).start()
-    except OSError as exc:
-        raise PmError(f"order service: cannot listen on {args.host}:{port}: {exc}") from exc
-    print(f"order service: {service.url} ({len(orders)} orders)", flush=True)
-    stop.wait()
-    service.stop()
-    print("order service: stopped", flush=True)
-    return 0
-
-
-def _smtp_sink(args: argparse.Namespace, config: Config) -> int:
-    from consumers.smtp_sink import SmtpSink
-
-    port = args.port if args.port is not None else config.smtp_port
-    stop = _stop_on_signals()
-    try:
-        sink = SmtpSink(args.maildir, "127.0.0.1", port).start()
-    except (OSError, RuntimeError) as exc:
-        raise PmError(f"smtp sink: cannot listen on 127.0.0.1:{port}: {exc}") from exc
-    print(f"smtp sink: smtp://127.0.0.1:{port}, Maildir {args.maildir}", flush=True)
-    stop.wait()
-    sink.stop()
-    print("smtp sink: stopped", flush=True)
-    return 0
+    return int(load_app(config.app or None).service(args.name)(list(args.args), config))
 
 
 def _pm(args: argparse.Namespace, config: Config) -> int:
@@ -197,15 +157,15 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
     step_names = app.step_names
     base = [sys.executable, "-m", "pm", "run"]
     flags = _config_flags(args, config)
-    names = ["pm", *step_names] + (list(SERVICES) if args.with_services else [])
+    services = tuple(app.services)
+    names = ["pm", *step_names] + (list(services) if args.with_services else [])
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = sorted(set(wanted) - {"pm", *step_names, *SERVICES})
+        known = ("pm", *step_names, *services)
+        unknown = sorted(set(wanted) - set(known))
         if unknown:
-            raise PmError(
-                f"--only: unknown component(s) {unknown}; known: pm, {', '.join(step_names + SERVICES)}"
-            )
-        names = [n for n in ["pm", *step_names, *SERVICES] if n in wanted]
+            raise PmError(f"--only: unknown component(s) {unknown}; known: {', '.join(known)}")
+        names = [n for n in known if n in wanted]
     specs: list[tuple[str, list[str]]] = []
     for name in names:
         if name == "pm":
@@ -218,19 +178,10 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
             specs.append(
                 (name, [*base, "consumer", name, "--concurrency", str(args.concurrency), *extra, *flags])
             )
-        elif name == "order-service":
-            port = urlsplit(config.order_service_url).port or 8765
-            specs.append((name, [*base, "order-service", "--port", str(port), *flags]))
-        else:
-            maildir = args.maildir or (config.state_dir / "maildir")
-            specs.append(
-                (
-                    name,
-                    [*base, "smtp-sink", "--port", str(config.smtp_port), "--maildir", str(maildir), *flags],
-                )
-            )
+        else:  # a dev service, on its defaults (from the configuration)
+            specs.append((name, [*base, "service", *flags, name]))
     # Services first, so consumers find them on their first command.
-    return sorted(specs, key=lambda s: s[0] not in SERVICES)
+    return sorted(specs, key=lambda s: s[0] not in services)
 
 
 def _all(args: argparse.Namespace, config: Config) -> int:

@@ -31,11 +31,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from pm.events import (
-    ApprovalDecided,
-    ApprovalReminder,
-    ApprovalReminderPayload,
-    ApprovalRequested,
+from customer_email.addresses import AddressError, parse_address
+from customer_email.approval_request import approval_payload, edited_draft
+from customer_email.events import (
     ClassifyEmail,
     ClassifyEmailPayload,
     Draft,
@@ -45,12 +43,10 @@ from pm.events import (
     EmailClassified,
     EmailReceived,
     EmailSent,
-    Event,
     FetchOrder,
     FetchOrderPayload,
     FetchRefundPolicy,
     FetchRefundPolicyPayload,
-    Model,
     Order,
     OrderFetched,
     RefundPolicy,
@@ -59,6 +55,15 @@ from pm.events import (
     SendEmail,
     SendEmailPayload,
     Step,
+)
+from customer_email.guard import draft_hash, money_in_text, order_belongs_to, review_draft
+from pm.events import (
+    ApprovalDecided,
+    ApprovalReminder,
+    ApprovalReminderPayload,
+    ApprovalRequested,
+    Event,
+    Model,
     StepFailed,
     TimerFired,
     Timestamp,
@@ -88,9 +93,6 @@ from pm.patterns import (
     timer_name,
 )
 from pm.process import Decision, InvalidInput, ProcessState, Status, Upcaster
-from pm.processes.addresses import AddressError, parse_address
-from pm.processes.approval_request import approval_payload, edited_draft
-from pm.processes.guard import draft_hash, money_in_text, order_belongs_to, review_draft
 
 __all__ = [
     "NAME",
@@ -106,6 +108,7 @@ __all__ = [
     "REFUND_INTENTS",
     "UNRISKY",
     "SEND_UNCERTAIN",
+    "SENT",
     "Budgets",
     "Stage",
     "Classification",
@@ -158,6 +161,7 @@ KNOWN_INTENTS = frozenset({"refund_request", "delivery_status", "complaint"})
 REFUND_INTENTS = frozenset({"refund_request"})
 UNRISKY = frozenset({"low", "medium"})
 SEND_UNCERTAIN = "send uncertain: a human must check the mailbox"
+SENT = "sent"  # the outcome of a process whose reply went out
 MAX_HEADER_CHARS = 998  # RFC 5322 line limit: message IDs and the subject go into reply headers
 
 Stage = Literal["received", "classifying", "fetching", "drafting", "awaiting_approval", "sending", "done"]
@@ -323,7 +327,7 @@ class CustomerEmailProcess:
             state = self._on_draft(state, event.payload.draft, fx)
         elif isinstance(event, EmailSent):
             sent = event.payload.message_id
-            state = finish(state, Status.SENT, None, fx, stage="done", sent_message_id=sent)
+            state = finish(state, SENT, None, fx, stage="done", sent_message_id=sent)
         return fx.decision(state)
 
     # ------------------------------------------------------------ step results

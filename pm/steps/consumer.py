@@ -44,13 +44,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from opentelemetry.trace import Status, StatusCode
 
-from consumers.ledger import Ledger, ledger_path
-from consumers.step import PermanentError, StepHandler, TransientError, failed_result
 from pm import telemetry
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.dlq import dead_letter
 from pm.events import CommandPayload, Event
+from pm.steps.handler import PermanentError, StepHandler, TransientError, failed_result
+from pm.steps.ledger import Ledger, ledger_path
 
 if TYPE_CHECKING:
     from pm.app import App
@@ -85,7 +85,7 @@ class RetryPolicy:
 
 @runtime_checkable
 class LedgerAware(Protocol):
-    """A handler that marks intermediate ledger states itself (send-email: `sending` / `sent`).
+    """A handler that marks intermediate ledger states itself (e.g. `sending` / `sent` around a side effect).
 
     The base calls `use_ledger` once, before the first `handle`, with the consumer's ledger.
     """

@@ -2,7 +2,7 @@
 
 The base records every completed command with the exact bytes of its result, so a
 redelivered command re-publishes the same result instead of running the handler
-again. Handlers with side effects that cannot be undone (send-email) mark
+again. Handlers with side effects that cannot be undone (sending a message, a payment) mark
 intermediate states through the same ledger (`mark`), written synchronously before
 and after the side effect, so a crash between the two is visible after a restart.
 
@@ -35,7 +35,7 @@ class LedgerError(PmError):
 
 @dataclass(frozen=True)
 class LedgerEntry:
-    """A command's record: its state, handler details (e.g. SMTP response) and, once completed, the result."""
+    """A command's record: its state, handler details (e.g. the server's response) and, once completed, the result."""
 
     state: str
     detail: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,8 @@
-"""`pm bench NAME [--quick]`: the benchmarks in bench/ (a table, then one JSON line)."""
+"""`pm bench NAME [--quick]`: the benchmarks in bench/ (a table, then one JSON line).
+
+Registered with `pm` as a plugin (entry point group `pm.commands` in pyproject.toml): the core
+does not import the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +23,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _bench(args: argparse.Namespace, config: Config) -> int:
-    try:
-        from bench import BENCHMARKS
-    except ImportError as exc:
-        raise PmError(
-            "the bench/ package is not installed (install the repo with `pip install -e .`)"
-        ) from exc
+    from bench import BENCHMARKS
+
     if args.name not in BENCHMARKS:
         raise PmError(f"unknown benchmark {args.name!r}; known: {', '.join(BENCHMARKS)}")
     importlib.import_module(BENCHMARKS[args.name]).run(args.quick)

@@ -7,7 +7,7 @@ drafting model verbatim in a repair request, so each one says what is wrong and
 what the limit is.
 
 The model's structured claims are never trusted alone: every rule over the text runs on
-its normalised form (`pm.processes.money.normalize`), and every amount the text states
+its normalised form (`customer_email.money.normalize`), and every amount the text states
 must be the declared refund, in the order's currency. `money_in_text` says whether a text
 needs a human at all (approval is decided by the process rules, over what will be sent).
 
@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pm.events import Draft, Email, Order, RefundPolicy
-from pm.processes.addresses import AddressError, parse_address, same_address
-from pm.processes.money import MoneyFindings, find_money, normalize
+from customer_email.addresses import AddressError, parse_address, same_address
+from customer_email.events import Draft, Email, Order, RefundPolicy
+from customer_email.money import MoneyFindings, find_money, normalize
 
 __all__ = [
     "BODY_MIN_CHARS",

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from customer_email.publisher import EmailPublisher
 from pm.approvals import ensure_local_key
 from pm.broker import LocalBroker, free_port, launch
-from pm.client import EmailPublisher
 from pm.config import Config
 from pm.errors import PmError
 from pm.harness import Child, JournalRow, JournalTail, child_env, pm_argv, workspace
@@ -136,10 +136,9 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             config = base.with_overrides(
                 bootstrap=broker.bootstrap,
                 state_dir=work / "state",
-                order_service_url=f"http://127.0.0.1:{order_port}",
-                smtp_host="127.0.0.1",
-                smtp_port=smtp_port,
                 fetch_wait_max_ms=20,
+            ).with_settings(
+                order_service_url=f"http://127.0.0.1:{order_port}", smtp_host="127.0.0.1", smtp_port=smtp_port
             )
             print(f"broker {broker.bootstrap} (pid {broker.pid}, memory only); work dir {work}")
             apply_topics(config)
@@ -153,12 +152,12 @@ def run_demo(base: Config, *, interactive: bool = False, workdir: Path | None = 
             services = [
                 Child(
                     "order-service",
-                    pm_argv("run", "order-service", "--port", str(order_port)),
+                    pm_argv("run", "service", "order-service", "--port", str(order_port)),
                     logs / "order.log",
                 ),
                 Child(
                     "smtp-sink",
-                    pm_argv("run", "smtp-sink", "--port", str(smtp_port), "--maildir", str(maildir)),
+                    pm_argv("run", "service", "smtp-sink", "--port", str(smtp_port), "--maildir", str(maildir)),
                     logs / "smtp.log",
                 ),
                 Child("pm", pm_argv("run", "pm"), logs / "pm.log"),
@@ -356,7 +355,7 @@ def _print_next_steps() -> None:
 Run the pieces by hand (each in its own terminal):
   pm broker start                      # local in-memory broker on 127.0.0.1:9092
   pm topics apply
-  pm run order-service & pm run smtp-sink --maildir ./maildir
+  pm run service order-service & pm run service smtp-sink --maildir ./maildir
   pm run pm                            # the process manager
   pm run consumer classify             # ... and fetch-order, fetch-refund-policy, draft-reply, send-email
   pm run all                           # or: the PM and every consumer under one supervisor

@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from pm.events import ApprovalField, ApprovalRequestedPayload, Draft, Email, Order
+from customer_email.events import Draft, Email, Order
+from pm.events import ApprovalField, ApprovalRequestedPayload
 from pm.proposals import canonical_json, proposal_hash
 
 __all__ = ["PROPOSAL_TYPE", "EDITABLE", "approval_payload", "edited_draft", "upcast_request"]

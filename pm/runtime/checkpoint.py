@@ -1,0 +1,236 @@
+"""One batch, one transaction: what it changes (`Batch`) and the steps that commit it (`Checkpoint`).
+
+Modelled on Quix Streams' checkpoint: the producer and consumer are handed in, and each commit
+step is an explicit call, made in this order by `ProcessManager.run_once` (see `pm.runtime`):
+`begin`, `produce` (per output), `flush`, `send_offsets`, `commit_transaction`, then `apply`;
+on an error `abort` (or `abandon`) and `rewind` instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TextIO
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from pm import telemetry
+from pm.errors import PmError
+from pm.journal import ProcessRecord
+from pm.process import ProcessDefinition
+from pm.runtime.state import Position, ProcessCache, RetryTimes, stage_change
+from pm.store import PartitionStore, StoreWrite, TimerEntry
+from pm.timers import TimerService
+
+DeliveryReport = Callable[[KafkaError | None, Message], None]
+
+
+class FencedError(PmError, RuntimeError):
+    """Another instance with the same --instance-id took over; this one must stop."""
+
+
+@dataclass
+class Change:
+    partition: int
+    before: ProcessRecord | None  # the record before this batch (for the store diff)
+    after: ProcessRecord
+    definition: ProcessDefinition[Any]
+    entry_id: str  # the last journal entry of this process in the batch
+
+
+@dataclass
+class Batch:
+    """Everything one transaction changes; dropped as a whole when the transaction aborts."""
+
+    now: datetime  # the decision time of this batch's inputs (recorded in their journal entries)
+    changes: dict[str, Change] = field(default_factory=dict)
+    first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    deferred: dict[tuple[str, int], int] = field(default_factory=dict)  # backpressure: put back from here
+    journal_offsets: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # entry id -> (partition, offset)
+    delivery_errors: list[str] = field(default_factory=list)
+    fired: list[TimerEntry] = field(default_factory=list)
+    handled: int = 0
+    duplicates: int = 0
+    reemitted: int = 0  # outputs produced again for inputs journaled by an unconfirmed transaction
+    dlq: int = 0
+    active_delta: int = 0
+    decided_at: dict[Position, datetime] = field(default_factory=dict)  # input position -> now
+
+    def consumed(self, topic: str, partition: int, offset: int) -> None:
+        self.first_offsets.setdefault((topic, partition), offset)
+        self.next_offsets[(topic, partition)] = offset + 1
+
+    def on_journal_delivery(self, entry_id: str) -> DeliveryReport:
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None:
+                self.delivery_errors.append(str(err))
+            else:
+                self.journal_offsets[entry_id] = (int(msg.partition() or 0), int(msg.offset() or 0))
+
+        return report
+
+    def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self.delivery_errors.append(str(err))
+
+
+def commit_transaction(producer: Producer) -> None:
+    """Step 4: commit, retrying what is retriable and needs no abort."""
+    for attempt in range(5):
+        try:
+            producer.commit_transaction(30)
+            return
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.retriable() and not error.txn_requires_abort() and attempt < 4:
+                continue
+            raise
+
+
+class Checkpoint:
+    """The transaction of one batch on `producer`, for records consumed by `consumer`.
+
+    The batch's in-memory changes (`batch`) reach the cache and stores only in `apply`, after
+    the commit; an abort drops them with this object.
+    """
+
+    def __init__(
+        self, producer: Producer, consumer: Consumer, *, now: datetime, transactional_id: str, log: TextIO
+    ) -> None:
+        self.producer = producer
+        self.consumer = consumer
+        self.transactional_id = transactional_id
+        self.log = log
+        self.batch = Batch(now=now)
+
+    def begin(self) -> None:
+        """Step 1: one transaction for the whole batch."""
+        self.producer.begin_transaction()
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: str | bytes | None,
+        partition: int | None = None,
+        headers: telemetry.Headers | None = None,
+        on_delivery: DeliveryReport,
+    ) -> None:
+        """Produce in the transaction (never dropped: a full local queue is waited out)."""
+        kwargs: dict[str, Any] = {
+            "key": key,
+            "value": value,
+            "headers": headers or None,
+            "on_delivery": on_delivery,
+        }
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, **kwargs)
+                return
+            except BufferError:  # local queue full: serve delivery reports and retry, never drop
+                self.producer.poll(0.1)
+
+    def flush(self) -> None:
+        """Step 2: everything delivered; the journal offsets are now known."""
+        remaining = self.producer.flush(60)
+        if remaining:
+            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered"))
+        if self.batch.delivery_errors:
+            raise KafkaException(
+                KafkaError(
+                    KafkaError._FAIL,
+                    f"delivery failed: {self.batch.delivery_errors[0]}",
+                    txn_requires_abort=True,
+                )
+            )
+
+    def offsets(self) -> list[TopicPartition]:
+        """The input offsets to commit: past every record consumed, or back to a deferred one."""
+        batch = self.batch
+        offsets = dict(batch.next_offsets)
+        for key, offset in batch.deferred.items():
+            if key in batch.first_offsets:
+                offsets[key] = offset
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+
+    def send_offsets(self) -> None:
+        """Step 3: the input offsets become part of the transaction."""
+        offsets = self.offsets()
+        if offsets:
+            self.producer.send_offsets_to_transaction(offsets, self.consumer.consumer_group_metadata(), 30)
+
+    def abort(self, exc: KafkaException) -> None:
+        """Abort after a Kafka error; FencedError when this producer can never commit again."""
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is not None and (
+            error.fatal() or error.code() in (KafkaError._FENCED, KafkaError.PRODUCER_FENCED)
+        ):
+            raise FencedError(
+                f"transactional producer {self.transactional_id} can no longer commit ({error}): another "
+                "instance with the same --instance-id took over; stop this one"
+            ) from exc
+        print(f"pm: transaction aborted, retrying the batch: {exc}", file=self.log, flush=True)
+        try:
+            self.producer.abort_transaction(30)
+        except KafkaException as abort_exc:
+            inner = abort_exc.args[0]
+            if isinstance(inner, KafkaError) and inner.fatal():
+                raise FencedError(f"cannot abort the transaction: {inner}") from abort_exc
+
+    def abandon(self) -> None:
+        """Abort on any other error: best effort, the error itself is what propagates."""
+        with contextlib.suppress(KafkaException):
+            self.producer.abort_transaction(10)
+
+    def rewind(self, retry_times: RetryTimes) -> None:
+        """Put the consumer back to the batch's first offsets: the records will be consumed again."""
+        batch = self.batch
+        retry_times.keep(batch.decided_at)
+        firsts = dict(batch.first_offsets)
+        for key, offset in batch.deferred.items():
+            firsts[key] = min(firsts.get(key, offset), offset)
+        for (topic, partition), offset in firsts.items():
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+
+    def apply(
+        self, stores: Mapping[int, PartitionStore], cache: ProcessCache, timers: TimerService
+    ) -> dict[int, int]:
+        """Step 5: the committed batch goes to the stores (one WriteBatch each) and the cache.
+
+        The deferred partitions are put back to their first deferred record. Returns the active
+        process count of each store written.
+        """
+        batch = self.batch
+        writes: dict[int, StoreWrite] = {}
+        for correlation_id, change in batch.changes.items():
+            located = batch.journal_offsets.get(change.entry_id)
+            if located is not None:
+                change.after.journal_offset = located[1]
+            write = writes.setdefault(change.partition, StoreWrite())
+            stage_change(write, change.before, change.after)
+            timers.settle(
+                t for t in (change.before.timers if change.before else {}) if t not in change.after.timers
+            )
+            cache.remember(correlation_id, change.partition, change.after, change.definition)
+        for entry_id, (partition, offset) in batch.journal_offsets.items():
+            writes.setdefault(partition, StoreWrite()).advance(offset, entry_id)
+        active: dict[int, int] = {}
+        for partition, write in writes.items():
+            store = stores.get(partition)
+            if store is not None:
+                store.write(write)
+                active[partition] = store.active
+        timers.mark_fired(batch.fired)
+        for (topic, partition), offset in batch.deferred.items():
+            with contextlib.suppress(KafkaException):
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        return active

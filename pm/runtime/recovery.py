@@ -1,0 +1,220 @@
+"""Catch-up of one partition on assignment: open its store, check it belongs to the journal, fold the rest.
+
+Modelled on Quix Streams' state recovery (one small object per partition). Before any input of a
+partition is handled, its store is brought to the end of its journal partition: the entries
+committed after the store's last write (a crash between commit and store write, or another
+instance owning the partition meanwhile) are folded in. Their outputs are kept for re-emission
+(`UnconfirmedOutputs`) in case their inputs come back.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TextIO
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from pm.config import Config
+from pm.heap import trim_heap
+from pm.journal import JOURNAL_TOPIC, JournalError, JournalIdle, ProcessRecord, fold_entry, iter_journal
+from pm.kafka import make_admin
+from pm.registry import Registry
+from pm.runtime.state import UnconfirmedOutputs, read_record, stage_change
+from pm.store import PartitionStore, StoreError, StoreWrite, store_path
+
+# A catch-up of one partition this long leaves enough freed heap to be worth returning (checked per
+# partition: a rebuild of many small partitions does not trim, and does not need to).
+TRIM_AFTER_ENTRIES = 10_000
+
+
+class _AnchorMismatch(Exception):
+    pass
+
+
+def journal_topic_id(config: Config) -> str | None:
+    """The broker's topic ID (KIP-516) of the journal when it has one: a recreated topic gets a new one."""
+    topic = config.topic(JOURNAL_TOPIC)
+    try:
+        from confluent_kafka import TopicCollection
+
+        admin = make_admin(config, "pm-admin")
+        futures = admin.describe_topics(TopicCollection([topic]), request_timeout=10)
+        description = futures[topic].result(timeout=10)
+        topic_id = str(description.topic_id) if description.topic_id is not None else ""
+    except Exception:  # not all brokers/clients support it: the anchor check still applies
+        return None
+    if not topic_id or set(topic_id.replace("-", "")) <= {"0", "A"}:
+        return None
+    return topic_id
+
+
+class PartitionRecovery:
+    """Opens the store of journal partition `partition`, caught up to the journal's end (`open`).
+
+    A store that does not belong to the journal (other topic, recreated topic, or its last folded
+    entry is not where it says) is refused, or with `rebuild` destroyed and folded from scratch.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        consumer: Consumer,
+        partition: int,
+        *,
+        journal_topic_id: str | None,
+        rebuild: bool,
+        anchor_timeout: float,
+        catch_up_timeout: float,
+        unconfirmed: UnconfirmedOutputs,
+        log: TextIO,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.consumer = consumer  # only for the journal's watermarks
+        self.partition = partition
+        self.journal_topic_id = journal_topic_id
+        self.rebuild = rebuild
+        self.anchor_timeout = anchor_timeout
+        self.catch_up_timeout = catch_up_timeout
+        self.unconfirmed = unconfirmed
+        self.log = log
+
+    def open(self) -> PartitionStore:
+        partition = self.partition
+        path = store_path(self.config, partition)
+        store = PartitionStore(path, partition)
+        try:
+            problem = self._identity_problem(store)
+            if problem is None:
+                try:
+                    self._catch_up(store)
+                except _AnchorMismatch as exc:
+                    problem = str(exc)
+            if problem is not None:
+                if not self.rebuild:
+                    raise StoreError(
+                        f"store {path} does not belong to journal {self.config.topic(JOURNAL_TOPIC)} "
+                        f"partition {partition} ({problem}): run `pm run pm --rebuild` to rebuild it from "
+                        "the journal, or point --state-dir elsewhere"
+                    )
+                print(f"pm: rebuilding store {path} ({problem})", file=self.log, flush=True)
+                store.destroy()
+                store = PartitionStore(path, partition)
+                self._catch_up(store)
+        except BaseException:
+            store.close()
+            raise
+        if store.identity is None:
+            store.set_identity({"topic": self.config.topic(JOURNAL_TOPIC), "topic_id": self.journal_topic_id})
+        return store
+
+    def _identity_problem(self, store: PartitionStore) -> str | None:
+        identity = store.identity
+        if identity is None:
+            return None if store.anchor is None else "the store has no journal identity"
+        if identity.get("topic") != self.config.topic(JOURNAL_TOPIC):
+            return f"it was built from topic {identity.get('topic')}"
+        stored_id = identity.get("topic_id")
+        if stored_id and self.journal_topic_id and stored_id != self.journal_topic_id:
+            return f"topic ID {stored_id} recorded, the journal topic now has {self.journal_topic_id}"
+        return None
+
+    def _catch_up(self, store: PartitionStore) -> None:
+        """Fold the journal partition from the store's position to its end, before any input is handled."""
+        partition = self.partition
+        anchor = store.anchor
+        start = self._anchor_start(anchor[0]) if anchor is not None else 0
+        from_scratch = anchor is None
+        started = time.monotonic()
+        overlay: dict[str, ProcessRecord] = {}
+        write = StoreWrite()
+        folded = 0
+        anchored = anchor is None
+        try:
+            records = iter_journal(
+                self.config,
+                [partition],
+                {partition: start},
+                idle_timeout=self.anchor_timeout if anchor is not None else self.catch_up_timeout,
+                reset="error" if anchor is not None else "earliest",
+            )
+            for record in records:
+                if not anchored:
+                    if anchor is not None and record.offset < anchor[0]:
+                        continue  # before the anchor: already reflected in the store
+                    # The record the store last folded must still be there, unchanged.
+                    if anchor is not None and (record.offset, record.entry.event_id) != anchor:
+                        raise _AnchorMismatch(
+                            f"journal offset {record.offset} holds {record.entry.event_id}, the store expected "
+                            f"{anchor[1]} at offset {anchor[0]}"
+                        )
+                    anchored = True
+                    continue
+                correlation_id = record.entry.correlation_id
+                before = overlay.get(correlation_id) or self._stored(store, correlation_id)
+                after = fold_entry(self.registry, before, record.entry, record.event, record.offset)
+                if after is not None:
+                    stage_change(write, before, after)
+                    overlay[correlation_id] = after
+                self.unconfirmed.remember(record.entry)
+                write.advance(record.offset, record.entry.event_id)
+                folded += 1
+                if folded % 5000 == 0:
+                    store.write(write)
+                    write, overlay = StoreWrite(), {}
+                    if from_scratch:
+                        print(
+                            f"pm: rebuilding partition {partition}: {folded} journal entries folded",
+                            file=self.log,
+                            flush=True,
+                        )
+        except JournalIdle as exc:
+            if not anchored:
+                raise _AnchorMismatch(
+                    f"no journal record at offset {start}, the last one the store reflects"
+                ) from exc
+            raise StoreError(f"catching up partition {partition}: {exc}") from exc
+        except JournalError as exc:
+            if not anchored:
+                raise _AnchorMismatch(
+                    f"the journal has no offset {start} the store reflects ({exc})"
+                ) from exc
+            raise StoreError(f"catching up partition {partition}: {exc}") from exc
+        if not anchored:
+            raise _AnchorMismatch(
+                f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
+            )
+        store.write(write)
+        if folded >= TRIM_AFTER_ENTRIES:
+            trim_heap()  # the fold's garbage is freed, but glibc keeps the pages: hand them back
+        if from_scratch and folded:
+            elapsed = time.monotonic() - started
+            print(
+                f"pm: rebuilt partition {partition} from the journal: {folded} entries in {elapsed:.1f}s",
+                file=self.log,
+                flush=True,
+            )
+
+    def _anchor_start(self, anchor_offset: int) -> int:
+        """Where to start reading to find the anchor: the anchor itself, or the last batch when it lies beyond.
+
+        Some brokers answer a fetch past the end with silence instead of an error, and report a
+        high watermark below the true end (tansu.md). Reading from min(anchor, high - 1) always
+        starts on an existing offset, so the partition EOF arrives and decides: the anchor was
+        seen (fine) or not (the store is foreign). The watermark only picks the start, it never
+        decides whether we are caught up.
+        """
+        try:
+            _low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.config.topic(JOURNAL_TOPIC), self.partition), timeout=10
+            )
+        except KafkaException:
+            return anchor_offset
+        if high <= 0:
+            return 0
+        return max(0, min(anchor_offset, high - 1))
+
+    def _stored(self, store: PartitionStore, correlation_id: str) -> ProcessRecord | None:
+        found = read_record(self.registry, store, correlation_id)
+        return found[0] if found is not None else None

@@ -1,0 +1,33 @@
+"""App settings: the core carries them untyped (file `settings:` map, PM_<NAME>), the app types them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from customer_email.settings import EmailSettings
+from pm.config import Config, ConfigError, load_config
+
+
+def test_every_other_pm_variable_is_an_app_setting(tmp_path: Path) -> None:
+    env = {"PM_SMTP_PORT": "2525", "PM_REPLY_FROM": "help@shop.example", "PM_BOOTSTRAP": "k:9092", "PM_KAFKA_ACKS": "all"}
+    config = load_config(env=env, config_file=None)
+    assert config.bootstrap == "k:9092" and config.kafka == {"acks": "all"}
+    assert config.settings == {"smtp_port": "2525", "reply_from": "help@shop.example"}
+    settings = EmailSettings.of(config)
+    assert settings.smtp_port == 2525 and settings.reply_from == "help@shop.example"
+    assert settings.smtp_host == "127.0.0.1"  # the app's default
+
+
+def test_the_config_file_settings_map_and_the_environment_over_it(tmp_path: Path) -> None:
+    path = tmp_path / "pm.yaml"
+    path.write_text("settings:\n  smtp_host: mail.internal\n  smtp_starttls: true\n  smtp_port: 587\n")
+    config = load_config(env={"PM_SMTP_PORT": "465"}, config_file=path)
+    settings = EmailSettings.of(config)
+    assert (settings.smtp_host, settings.smtp_port, settings.smtp_starttls) == ("mail.internal", 465, True)
+
+
+def test_a_malformed_setting_names_itself() -> None:
+    with pytest.raises(ConfigError, match="smtp_port"):
+        EmailSettings.of(Config().with_settings(smtp_port="twenty-five"))
