@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
-import threading
 
 from pm.config import Config
 from pm.errors import PmError
+from pm.signals import stop_on_signals
 
 __all__ = ["register", "child_specs"]
 
@@ -66,14 +64,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--only", default=None, help="comma-separated subset: pm, step names, service names"
     )
     every.set_defaults(handler=_all)
-
-
-def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signum, lambda *_: stop.set())
-    return stop
 
 
 def _logging() -> None:
@@ -188,7 +178,7 @@ def _all(args: argparse.Namespace, config: Config) -> int:
     from pm.supervisor import ChildSpec, Supervisor
 
     specs = [ChildSpec(name, argv) for name, argv in child_specs(args, config)]
-    stop = _stop_on_signals()
+    stop = stop_on_signals()
     supervisor = Supervisor(specs)
     supervisor.say(f"supervising {', '.join(s.name for s in specs)}; Ctrl-C or SIGTERM stops them all")
     return supervisor.run(stop)
