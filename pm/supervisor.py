@@ -3,7 +3,9 @@
 Each child is an ordinary `pm run ...` command (the same a deployment would run), started
 with `sys.executable -m pm` and the supervisor's configuration flags. A child that exits
 while the supervisor is running is restarted after an exponential backoff (reset once it
-has stayed up for `stable_after` seconds). On stop (Ctrl-C / SIGTERM) every child gets
+has stayed up for `stable_after` seconds), except after exit status 2 (`pm`'s permanent
+error: bad configuration, a store that does not match the journal): restarting cannot help,
+so it stays down and the supervisor says what to do. On stop (Ctrl-C / SIGTERM) every child gets
 SIGTERM by PID, then SIGKILL after `stop_grace` seconds. Every action is printed.
 """
 
@@ -18,7 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["ChildSpec", "Supervisor"]
+__all__ = ["ChildSpec", "Supervisor", "PERMANENT_EXIT"]
+
+PERMANENT_EXIT = 2  # `pm` exits 2 on a PmError: the same start would fail the same way
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class _Child:
     restart_at: float = 0.0
     restarts: int = 0
     pids: list[int] = field(default_factory=list)
+    given_up: bool = False  # exited with a permanent error: not restarted
 
 
 class Supervisor:
@@ -75,12 +80,23 @@ class Supervisor:
         return 0
 
     def _tend(self, child: _Child, now: float) -> None:
+        if child.given_up:
+            return
         process = child.process
         if process is not None:
             code = process.poll()
             if code is None:
                 return
             lived = now - child.started_at
+            if code == PERMANENT_EXIT:
+                child.given_up = True
+                child.process = None
+                self.say(
+                    f"{child.spec.name} (pid {process.pid}) exited with {code}, a permanent error (its message "
+                    f"is above): not restarting it. Fix the cause and start `pm run all` again (a store that "
+                    "does not match the journal: `pm run all --rebuild`)"
+                )
+                return
             child.failures = 0 if lived >= self.stable_after else child.failures + 1
             delay = min(self.backoff_max, self.backoff_base * 2 ** max(0, child.failures - 1))
             child.restart_at = now + delay

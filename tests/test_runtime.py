@@ -307,3 +307,17 @@ def test_aborted_transaction_is_retried_without_double_effects(
 
 def _timers_of(config: Config, cid: str) -> list[tuple[str, str, int]]:
     return [t for t in _timers(config) if t[0] == cid]
+
+
+def test_a_pm_crash_is_raised_by_the_test_harness_not_swallowed(topics: Config) -> None:
+    pm = PmThread(topics)
+    pm.__enter__()
+    assert pm.manager is not None
+
+    def boom(timeout: float = 0.2) -> int:
+        raise RuntimeError("injected crash")
+
+    pm.manager.run_once = boom  # type: ignore[method-assign]
+    wait_until(lambda: pm.error is not None)
+    with pytest.raises(AssertionError, match="the PM crashed: RuntimeError: injected crash"):
+        pm.close()

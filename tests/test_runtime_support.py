@@ -300,13 +300,16 @@ class PmThread:
             raise self.error
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        self.close(reraise=exc_type is None)  # a test's own failure is not masked by the PM's
 
-    def close(self) -> None:
+    def close(self, *, reraise: bool = True) -> None:
+        """Stop the PM; a crash of the PM thread is raised here, never swallowed."""
         self.stop.set()
         self._thread.join(30)
         assert not self._thread.is_alive(), "PM thread did not stop"
+        if reraise and self.error is not None:
+            raise AssertionError(f"the PM crashed: {type(self.error).__name__}: {self.error}") from self.error
 
 
 def expected_states(inputs: list[Event]) -> dict[str, tuple[str, str]]:

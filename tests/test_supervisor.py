@@ -92,3 +92,48 @@ def test_restarts_killed_child_and_stops_all_on_sigterm(topics: Config) -> None:
         if supervisor.poll() is None:
             supervisor.kill()
             supervisor.wait()
+
+
+def test_a_permanent_error_is_not_restarted_a_crash_is() -> None:
+    from pm.supervisor import ChildSpec, Supervisor
+
+    lines: list[str] = []
+    stop = threading.Event()
+    supervisor = Supervisor(
+        [
+            ChildSpec("broken", [sys.executable, "-c", "import sys; sys.exit(2)"]),
+            ChildSpec("flaky", [sys.executable, "-c", "import sys; sys.exit(1)"]),
+        ],
+        backoff_base=0.05,
+        backoff_max=0.05,
+        out=lines.append,
+    )
+    runner = threading.Thread(target=supervisor.run, args=(stop,))
+    runner.start()
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            broken, flaky = supervisor.children
+            if broken.given_up and flaky.restarts >= 3:
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(10)
+    broken, flaky = supervisor.children
+    assert broken.given_up and len(broken.pids) == 1, lines  # started once, never again
+    assert flaky.restarts >= 3 and not flaky.given_up
+    assert any("permanent error" in line and "--rebuild" in line for line in lines)
+
+
+def test_run_all_rebuild_reaches_the_pm_only() -> None:
+    import argparse
+
+    from pm.commands.run import child_specs
+
+    args = argparse.Namespace(
+        with_services=False, only=None, max_active=None, rebuild=True, concurrency=2, llm_latency_ms=None, config=None
+    )
+    specs = dict(child_specs(args, Config()))
+    assert "--rebuild" in specs["pm"]
+    assert all("--rebuild" not in argv for name, argv in specs.items() if name != "pm")

@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     every = parts.add_parser("all", parents=[common], help="the PM and every step consumer, supervised")
     every.add_argument("--concurrency", type=int, default=4, help="per step consumer")
     every.add_argument("--max-active", type=int, default=None)
+    every.add_argument(
+        "--rebuild", action="store_true", help="the PM rebuilds a store that does not match the journal"
+    )
     every.add_argument("--with-services", action="store_true", help="also run the app's dev services")
     every.add_argument(
         "--llm-latency-ms",
@@ -160,6 +163,7 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
     for name in names:
         if name == "pm":
             extra = [] if args.max_active is None else ["--max-active", str(args.max_active)]
+            extra += ["--rebuild"] if getattr(args, "rebuild", False) else []
             specs.append((name, [*base, "pm", *flags, *extra]))
         elif name in step_names:
             latency = getattr(args, "llm_latency_ms", None)
