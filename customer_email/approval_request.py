@@ -112,7 +112,7 @@ def edited_draft(draft: Draft, body: str, fields: str | None) -> Draft:
     if fields is not None:
         try:
             update = json.loads(fields)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ValueError(f"edited fields are not JSON: {exc}") from exc
         if not isinstance(update, dict):
             raise ValueError("edited fields must be a JSON object")

@@ -273,10 +273,15 @@ class CustomerEmailProcess:
     def starts(self, event: Event) -> bool:
         return isinstance(event, EmailReceived)
 
-    def initial_state(self, event: Event) -> EmailState:
+    def admit(self, event: Event) -> None:
+        """Refuse a hostile or malformed start event (`InvalidInput`: the runtime dead-letters it).
+
+        Called on live input only: a journal folded later holds what an older build admitted, and
+        must rebuild as it was decided.
+        """
         if not isinstance(event, EmailReceived):
             raise InvalidInput(f"a {event.type} does not start {NAME}")
-        email = Email.model_validate(event.payload.model_dump())
+        email = event.payload
         # The thread (or, without one, the message) is the process: anything else splits or hijacks one.
         if event.correlation_id not in (email.thread_id, email.message_id):
             raise InvalidInput(
@@ -294,7 +299,11 @@ class CustomerEmailProcess:
             parse_address(email.recipient, field="recipient")
         except AddressError as exc:
             raise InvalidInput(str(exc)) from exc
-        return EmailState(correlation_id=event.correlation_id, email=email)
+
+    def initial_state(self, event: Event) -> EmailState:
+        if not isinstance(event, EmailReceived):
+            raise InvalidInput(f"a {event.type} does not start {NAME}")
+        return EmailState(correlation_id=event.correlation_id, email=Email.model_validate(event.payload.model_dump()))
 
     def decide(self, state: EmailState, event: Event, now: datetime) -> Decision[EmailState]:
         if isinstance(event, ApprovalDecided):

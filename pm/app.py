@@ -185,8 +185,9 @@ class App:
                 raise AppError(
                     f"step {step.name!r}: its command {step.command.__name__} has STEP = {declared!r}"
                 )
+        reserved = {*CORE_INPUT_TOPICS, "pm.journal", "pm.dlq", "approvals.requested"}
         for start in self.start_topics:
-            if not _TOPIC_NAME.fullmatch(start.name) or start.name in CORE_INPUT_TOPICS:
+            if not _TOPIC_NAME.fullmatch(start.name) or start.name in reserved or start.name.startswith("cmd."):
                 raise AppError(f"start topic {start.name!r} is not a valid name of its own")
 
     # ------------------------------------------------------------ derived

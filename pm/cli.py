@@ -83,7 +83,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args, config) or 0)
     except PmError as exc:
         print(f"pm: error: {exc}", file=sys.stderr)
-        return 2
+        # 2 means "starting again fails the same way" (the supervisor does not restart it); a
+        # transient error (the broker slow during catch-up) exits 1 and is restarted.
+        return 1 if getattr(exc, "transient", False) else 2
     except KeyboardInterrupt:
         return 130
 

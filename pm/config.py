@@ -121,7 +121,7 @@ def _coerce(name: str, raw: Any) -> Any:
             items = raw if isinstance(raw, list) else str(raw).split(",")
             return tuple(s.strip() for s in items if str(s).strip())
         if name in ("kafka", "settings"):
-            return {str(k): str(v) for k, v in dict(raw).items()}
+            return {str(k): str(v) for k, v in dict(raw).items() if v is not None}
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name!r}: cannot use {raw!r}: {exc}") from exc
@@ -156,7 +156,10 @@ def _file_values(path: Path | None) -> dict[str, Any]:
     known = {f.name for f in fields(Config)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"config file {path}: unknown settings {unknown}; known: {sorted(known)}")
+        raise ConfigError(
+            f"config file {path}: unknown settings {unknown}; known: {sorted(known)}. An app's own "
+            "settings go under `settings:`"
+        )
     return {k: _coerce(k, v) for k, v in data.items()}
 
 
@@ -179,7 +182,7 @@ def load_config(
             values[_ENV_FIELDS[key]] = _coerce(_ENV_FIELDS[key], value)
         elif key.startswith(_KAFKA_ENV_PREFIX):
             kafka[key[len(_KAFKA_ENV_PREFIX) :].lower().replace("_", ".")] = value
-        elif key.startswith(_ENV_PREFIX) and key not in _NOT_SETTINGS:
+        elif key.startswith(_ENV_PREFIX) and key not in _NOT_SETTINGS and key not in _ENV_FIELDS:
             settings[key[len(_ENV_PREFIX) :].lower()] = value
     values["kafka"] = kafka
     values["settings"] = settings

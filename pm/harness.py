@@ -39,12 +39,12 @@ def child_env(config: Config, **extra: str) -> dict[str, str]:
     """The environment that gives a child process exactly this configuration."""
     env = {
         **os.environ,
+        # The app's settings, as the environment carries them (PM_<NAME>); the core's below win.
+        **{f"PM_{name.upper()}": value for name, value in config.settings.items()},
         "PM_BOOTSTRAP": config.resolved_bootstrap,
         "PM_STATE_DIR": str(config.state_dir),
         "PM_TOPIC_PREFIX": config.topic_prefix,
         "PM_FETCH_WAIT_MAX_MS": str(config.fetch_wait_max_ms),
-        # The app's settings, as the environment carries them (PM_<NAME>).
-        **{f"PM_{name.upper()}": value for name, value in config.settings.items()},
     }
     env.update(extra)
     return env

@@ -105,7 +105,12 @@ class ProcessDefinition(Protocol[S]):
         ...
 
     def initial_state(self, event: Event) -> S:
-        """The state before the starting event is decided; `InvalidInput` refuses the event (DLQ)."""
+        """The state before the starting event is decided; `InvalidInput` refuses the event (DLQ).
+
+        A definition may also have `admit(event) -> None`, raising `InvalidInput`: the runtime calls
+        it for live start events only, never when it folds the journal, so checks added later do not
+        break the rebuild of processes an older build admitted.
+        """
         ...
 
     def decide(self, state: S, event: Event, now: datetime) -> Decision[S]:

@@ -241,7 +241,6 @@ _SENSITIVE_KEYS = {
     "to",
     "from",
     "address",
-    "name",
     "edited_body",
     "edited_fields",
     "prompt",

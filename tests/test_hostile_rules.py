@@ -188,7 +188,9 @@ def _email(**changes: Any) -> EmailReceived:
 )
 def test_hostile_start_events_never_open_a_process(changes: dict[str, Any], reason: str) -> None:
     with pytest.raises(InvalidInput, match=reason):
-        CUSTOMER_EMAIL.initial_state(_email(**changes))
+        CUSTOMER_EMAIL.admit(_email(**changes))
+    # A journal written by an older build may hold such an input: folding it must still work.
+    assert CUSTOMER_EMAIL.initial_state(_email(**changes)).email.subject
 
 
 def test_thread_id_or_message_id_open_a_process_and_the_reply_goes_to_the_parsed_address() -> None:

@@ -31,3 +31,17 @@ def test_the_config_file_settings_map_and_the_environment_over_it(tmp_path: Path
 def test_a_malformed_setting_names_itself() -> None:
     with pytest.raises(ConfigError, match="smtp_port"):
         EmailSettings.of(Config().with_settings(smtp_port="twenty-five"))
+
+
+def test_an_old_top_level_app_key_says_where_it_goes_and_nulls_are_dropped(tmp_path: Path) -> None:
+    old = tmp_path / "old.yaml"
+    old.write_text("smtp_host: old.example\n")
+    with pytest.raises(ConfigError, match="go under `settings:`"):
+        load_config(env={}, config_file=old)
+    path = tmp_path / "pm.yaml"
+    path.write_text("settings:\n  smtp_password:\n  reply_from: a@b.example\n")
+    assert load_config(env={}, config_file=path).settings == {"reply_from": "a@b.example"}
+
+
+def test_an_empty_core_variable_is_not_an_app_setting() -> None:
+    assert load_config(env={"PM_TOPIC_PREFIX": "", "PM_STATE_DIR": ""}, config_file=None).settings == {}

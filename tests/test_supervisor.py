@@ -10,8 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
+import pytest
 
 from pm.broker import free_port
 from pm.config import Config
@@ -137,3 +139,21 @@ def test_run_all_rebuild_reaches_the_pm_only() -> None:
     specs = dict(child_specs(args, Config()))
     assert "--rebuild" in specs["pm"]
     assert all("--rebuild" not in argv for name, argv in specs.items() if name != "pm")
+
+
+@pytest.mark.parametrize(("transient", "code"), [(True, 1), (False, 2)])
+def test_transient_errors_exit_1_to_be_restarted_permanent_ones_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, transient: bool, code: int
+) -> None:
+    import pm.commands.processes as processes
+    from pm.cli import main
+    from pm.runtime.recovery import CatchUpError
+    from pm.store import StoreError
+
+    error = CatchUpError("journal stalled") if transient else StoreError("store from another journal")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr(processes, "list_processes", fail)
+    assert main(["processes", "--state-dir", str(tmp_path)]) == code

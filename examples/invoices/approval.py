@@ -80,7 +80,10 @@ def decided_credit(request: ApprovalRequestedPayload, decision: ApprovalDecidedP
         return CreditNote.model_validate(proposal)
     if not decision.edited_body or not decision.edited_body.strip():
         raise ValueError(f"an edit needs the new {EDITABLE} (edited_body)")
-    fields = json.loads(decision.edited_fields or "{}")  # not JSON: a ValueError too
+    try:
+        fields = json.loads(decision.edited_fields or "{}")
+    except RecursionError as exc:  # nested deeper than the parser goes: not a ValueError
+        raise ValueError("edited_fields nested too deeply") from exc
     if not isinstance(fields, dict) or set(fields) - {"credit_cents"}:
         raise ValueError(f"an edit may set only credit_cents besides the {EDITABLE} (edited_fields: a JSON object)")
     # strict: a credit given as "100" or 100.0 is refused, not coerced

@@ -119,6 +119,9 @@ class InputHandler:
                 return
             definition = starter
             try:
+                admit = getattr(definition, "admit", None)  # optional: live start events only
+                if admit is not None:
+                    admit(event)
                 state = definition.initial_state(event)
             except InvalidInput as exc:  # the definition refuses this start event: not a bug
                 batch.consumed(physical, partition, offset)

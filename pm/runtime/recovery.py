@@ -27,6 +27,12 @@ from pm.store import PartitionStore, StoreError, StoreWrite, store_path
 TRIM_AFTER_ENTRIES = 10_000
 
 
+
+class CatchUpError(StoreError):
+    """Reading the journal failed or stalled during catch-up: the store is fine, a restart may succeed."""
+
+    transient = True
+
 class _AnchorMismatch(Exception):
     pass
 
@@ -174,13 +180,13 @@ class PartitionRecovery:
                 raise _AnchorMismatch(
                     f"no journal record at offset {start}, the last one the store reflects"
                 ) from exc
-            raise StoreError(f"catching up partition {partition}: {exc}") from exc
+            raise CatchUpError(f"catching up partition {partition}: {exc}") from exc
         except JournalError as exc:
             if not anchored:
                 raise _AnchorMismatch(
                     f"the journal has no offset {start} the store reflects ({exc})"
                 ) from exc
-            raise StoreError(f"catching up partition {partition}: {exc}") from exc
+            raise CatchUpError(f"catching up partition {partition}: {exc}") from exc
         if not anchored:
             raise _AnchorMismatch(
                 f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
