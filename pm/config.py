@@ -52,6 +52,9 @@ class Config:
     reviewers: tuple[str, ...] = ()
     # Latency knob for local brokers (see shared notes: Tansu answers waiting fetches late).
     fetch_wait_max_ms: int = 100
+    # The largest record pm produces or accepts: Apache Kafka's default (producer message.max.bytes).
+    # An input larger goes to the DLQ; a decision whose outputs would be larger fails its process.
+    max_record_bytes: int = 1_000_000
 
     def setting(self, name: str, default: str = "") -> str:
         """An app setting (`settings:` in the config file, or PM_<NAME>), else `default`."""
@@ -101,6 +104,7 @@ _ENV_FIELDS: dict[str, str] = {
     "PM_APPROVAL_KEYS": "approval_keys",
     "PM_REVIEWERS": "reviewers",
     "PM_FETCH_WAIT_MAX_MS": "fetch_wait_max_ms",
+    "PM_MAX_RECORD_BYTES": "max_record_bytes",
 }
 
 

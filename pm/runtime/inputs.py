@@ -30,6 +30,12 @@ from pm.runtime.checkpoint import Change, Checkpoint
 from pm.runtime.state import Position, ProcessCache, RetryTimes, UnconfirmedOutputs, read_record
 from pm.store import PartitionStore
 
+# What a journal entry adds around the input it embeds (envelope, positions, timers, reason).
+ENTRY_OVERHEAD = 16 * 1024
+
+
+class RecordTooLarge(ValueError):
+    """A decision whose journal entry or outputs would be over the record limit."""
 
 class InputHandler:
     """Handles the input records of a batch into its checkpoint (`handle`).
@@ -80,6 +86,12 @@ class InputHandler:
         if raw is None:
             batch.consumed(physical, partition, offset)
             self._dlq(checkpoint, message, "record has no value", "EmptyRecord")
+            return
+        if len(raw) > self.input_limit:
+            # Its journal entry embeds it: past this size the entry itself could not be produced.
+            batch.consumed(physical, partition, offset)
+            reason = f"record of {len(raw)} bytes is over the {self.input_limit} bytes an input may have"
+            self._dlq(checkpoint, message, reason, "RecordTooLarge")
             return
         try:
             event = decode(raw)
@@ -148,19 +160,24 @@ class InputHandler:
                 after, entry = self._entry(
                     definition, before, state, event, raw, topic, partition, offset, outcome, now
                 )
+                entry_bytes = encode(entry)
+                oversize = self._oversize(entry_bytes, entry)
+                if oversize is not None:  # Kafka would refuse it, and the batch would abort forever
+                    raise RecordTooLarge(oversize)
             except (
                 Exception
-            ) as exc:  # e.g. a decision whose outputs break their schema: fail only this process
+            ) as exc:  # e.g. outputs that break their schema or the size limit: fail only this process
                 outcome = Outcome("failed", f"{type(exc).__name__}: {exc}", None)
                 after, entry = self._entry(
                     definition, before, state, event, raw, topic, partition, offset, outcome, now
                 )
+                entry_bytes = encode(entry)
             telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": outcome.outcome})
             _count_transition(before.status if before is not None else None, after.status)
             headers = telemetry.inject([])
             checkpoint.produce(
                 self.config.topic(JOURNAL_TOPIC),
-                encode(entry),
+                entry_bytes,
                 key=correlation_id,
                 partition=partition,  # the journal partition is the input partition (co-partitioned)
                 headers=headers,
@@ -266,17 +283,38 @@ class InputHandler:
             raise PmError(f"record from {physical}, which is not a process manager input")
         return count
 
+    def _oversize(self, entry_bytes: bytes, entry: JournalEntry) -> str | None:
+        """Why this entry or one of its outputs is over the record limit, or None."""
+        limit = self.config.max_record_bytes
+        if len(entry_bytes) > limit:
+            return f"its journal entry would be {len(entry_bytes)} bytes, over the {limit} bytes a record may have"
+        for value in (*entry.payload.commands, *entry.payload.published):
+            if len(value) > limit:
+                return f"an output would be {len(value)} bytes, over the {limit} bytes a record may have"
+        return None
+
+    @property
+    def input_limit(self) -> int:
+        """The largest input: a record, less what its journal entry adds around it."""
+        return max(0, self.config.max_record_bytes - ENTRY_OVERHEAD)
+
     def _dlq(self, checkpoint: Checkpoint, message: Message, reason: str, error_type: str) -> None:
         physical = str(message.topic())
         topic = self.config.logical_topic(physical)
         partition = int(message.partition() or 0)
         offset = int(message.offset() or 0)
+        key, value = message.key(), message.value()
+        # The dead letter carries the record; one too large to carry is described, not copied.
+        if value is not None and len(value) + len(key or b"") > self.input_limit // 2:
+            reason, value = f"{reason} (value of {len(value)} bytes left out of the dead letter)", None
+        if key is not None and len(key) > self.input_limit // 4:
+            reason, key = f"{reason} (key of {len(key)} bytes cut)", key[:1024]
         record, headers = dead_letter(
             topic,
             partition,
             offset,
-            message.key(),
-            message.value(),
+            key,
+            value,
             reason=reason,
             error_type=error_type,
             failed_by="pm",
@@ -285,7 +323,7 @@ class InputHandler:
         checkpoint.produce(
             self.config.topic(DLQ_TOPIC),
             encode(record),
-            key=message.key(),
+            key=key,
             headers=headers,
             on_delivery=checkpoint.batch.on_delivery,
         )
