@@ -33,10 +33,15 @@ from pm.kafka import make_producer
 __all__ = [
     "Delivery",
     "DeliveryError",
+    "RecordTooLarge",
     "Publisher",
     "describe_validation_error",
     "produce_event",
 ]
+
+
+class RecordTooLarge(PmError, ValueError):
+    """An event whose encoding is over the record limit (`max_record_bytes`, Kafka's 1,000,000 by default)."""
 
 
 class DeliveryError(PmError):
@@ -90,6 +95,10 @@ def produce_event(
         (key if key is not None else event.correlation_id).encode() if not isinstance(key, bytes) else key
     )
     value = encode(event)
+    if len(value) > config.max_record_bytes:  # Kafka would refuse it; say so before it is queued
+        raise RecordTooLarge(
+            f"{event.type} of {len(value)} bytes is over the {config.max_record_bytes} bytes a record may have"
+        )
     with telemetry.tracer().start_as_current_span(
         f"publish {logical}",
         kind=SpanKind.PRODUCER,

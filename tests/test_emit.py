@@ -16,7 +16,7 @@ from customer_email.addresses import parse_address
 from customer_email.events import EmailReceived, FetchOrder
 from customer_email.publisher import EmailPublisher, InvalidEmail, email_event
 from pm.cli import main
-from pm.client import produce_event
+from pm.client import RecordTooLarge, produce_event
 from pm.codec import decode
 from pm.config import Config
 from pm.events import DlqRecord, derive_id
@@ -314,3 +314,22 @@ def test_produce_event_routes_commands_and_overrides_keys(topics: Config) -> Non
     assert ("x-test", b"1") in (cmd.headers() or [])
     (dead,) = consume(topics, "pm.dlq", 1)
     assert dead.key() == b"orig" and decode(dead.value()) == dlq
+
+
+def test_an_e_mail_over_the_record_limit_is_dead_lettered_cut_and_the_rest_published(
+    topics: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = json.dumps(_email(1) | {"body": "x" * 1_200_000})
+    path = tmp_path / "emails.jsonl"
+    path.write_text(huge + "\n" + json.dumps(_email(2)) + "\n")
+    rc = main(["emit", "email", "--file", str(path), "--bootstrap", topics.bootstrap, "--prefix", topics.topic_prefix])
+    _, err = capsys.readouterr()
+    assert rc == 1 and "line 1: EmailReceived of" in err and "over the 1000000 bytes" in err
+    [message] = consume(topics, "pm.dlq", 1)
+    record = decode(message.value() or b"")
+    assert isinstance(record, DlqRecord) and record.payload.error_type == "RecordTooLarge"
+    assert len(record.payload.value or b"") == 64 * 1024 and "cut to 65536" in record.payload.reason
+    [published] = consume(topics, "email.received", 1)
+    assert decode(published.value() or b"").correlation_id == "<msg-2@mail.example.com>"
+    with pytest.raises(RecordTooLarge):
+        EmailPublisher(topics).publish(_email(3) | {"body": "x" * 1_200_000})

@@ -26,7 +26,7 @@ from typing import TextIO
 
 from pm import telemetry
 from pm.app import StartTopic, load_app
-from pm.client import Delivery, DeliveryError, Publisher
+from pm.client import Delivery, DeliveryError, Publisher, RecordTooLarge
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
@@ -51,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 FAILED_BY = "pm emit"
+DEAD_LETTER_VALUE_BYTES = 64 * 1024
 
 
 @contextmanager
@@ -91,7 +92,10 @@ def _submit(
         event = start.parser()(data)
     except ValueError as exc:  # InvalidInput and pydantic's ValidationError among them
         return type(exc).__name__, str(exc)
-    publisher.submit_event(event, callback, topic=start.name)
+    try:
+        publisher.submit_event(event, callback, topic=start.name)
+    except RecordTooLarge as exc:
+        return "RecordTooLarge", str(exc)
     return None
 
 
@@ -106,6 +110,9 @@ def _dead_letter(
 ) -> None:
     """The bad line to `pm.dlq`: source the start topic, partition -1, offset = line number."""
     value = line.removesuffix("\n").encode("utf-8", "surrogateescape")  # the bytes as read
+    if len(value) > DEAD_LETTER_VALUE_BYTES:  # the dead letter must fit in a record itself
+        reason = f"{reason} (line of {len(value)} bytes cut to {DEAD_LETTER_VALUE_BYTES} in the dead letter)"
+        value = value[:DEAD_LETTER_VALUE_BYTES]
     record, headers = dead_letter(
         topic,
         -1,
