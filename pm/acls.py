@@ -9,6 +9,7 @@ The separation the bindings hold (docs/security.md explains why):
 - only step consumers write `step.results` (a forged result would steer a process);
 - only review tools write `approvals` (decisions are HMAC-signed as well);
 - only the PM writes `pm.journal`, `cmd.*` and `pm.timers` (the journal is the truth);
+- only operations tools write `pm.operator` (release a quarantine, resume or escalate a process);
 - every component may write `pm.dlq` (each dead-letters what it cannot process).
 
 Every producer `pm` makes is idempotent (pm/kafka.py), so each writing component also
@@ -37,6 +38,7 @@ from pm.config import Config
 from pm.dlq import DLQ_TOPIC
 from pm.errors import PmError
 from pm.journal import JOURNAL_TOPIC
+from pm.operator import OPERATOR_TOPIC
 from pm.review import DECISIONS_TOPIC, REQUESTS_TOPIC
 from pm.topics import STEP_TOPIC_PREFIX, TopicLayout, load_layout
 
@@ -170,7 +172,8 @@ def describe_component(component: str) -> str:
         PM: "the process manager (`pm run pm`)",
         REVIEW: "review tools (`pm approvals ...`, pm.review.ReviewClient)",
         UPSTREAM: "upstream producers of the app's start topics (`pm emit NAME`)",
-        OPS: "read-only operations tools (`pm replay`, `pm inspect`, `pm topics check`)",
+        OPS: "operations tools (`pm replay`, `pm inspect`, `pm topics check`; `pm quarantine release`, "
+        "`pm resume`, `pm escalate` write pm.operator)",
     }[component]
 
 
@@ -285,10 +288,13 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         idempotent_producer()
     elif component == OPS:
         topics(Operation.READ, JOURNAL_TOPIC, DLQ_TOPIC)
-        topics(Operation.WRITE, DLQ_TOPIC)
+        topics(Operation.WRITE, DLQ_TOPIC, OPERATOR_TOPIC)
         # Describe every other topic of the layout (`pm topics check`; Read implies Describe),
         # each by name: an empty prefix must not turn into "every topic of the cluster".
-        topics(Operation.DESCRIBE, *(t for t in layout.topics if t not in (JOURNAL_TOPIC, DLQ_TOPIC)))
+        topics(
+            Operation.DESCRIBE,
+            *(t for t in layout.topics if t not in (JOURNAL_TOPIC, DLQ_TOPIC, OPERATOR_TOPIC)),
+        )
         add(ResourceType.GROUP, prefix + _JOURNAL_READER_GROUPS, Operation.READ, PatternType.PREFIXED)
         add(ResourceType.GROUP, prefix + _OPS_GROUPS, Operation.READ, PatternType.PREFIXED)
         # Lag and membership of the components' groups (kafka-consumer-groups --describe).

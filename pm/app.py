@@ -44,8 +44,8 @@ __all__ = [
     "resolve",
 ]
 
-# The PM's inputs every app shares: approvals, step results and its own timers.
-CORE_INPUT_TOPICS = ("approvals", "step.results", "pm.timers")
+# The PM's inputs every app shares: approvals, step results, its own timers and operators' commands.
+CORE_INPUT_TOPICS = ("approvals", "step.results", "pm.timers", "pm.operator")
 # Where the app to run when none is configured is declared: an installed package's entry point.
 APPS_GROUP = "pm.apps"
 DEFAULT_ENTRY = "default"

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "pm.commands.approvals",
     "pm.commands.run",
     "pm.commands.processes",
+    "pm.commands.operator",
     "pm.commands.replay",
     "pm.commands.acls",
 )

@@ -49,6 +49,8 @@ __all__ = [
     "TimerCancelled",
     "TimerFired",
     "TimerPayload",
+    "OperatorCommand",
+    "OperatorCommandPayload",
     # journal and DLQ
     "JournalEntry",
     "JournalEntryPayload",
@@ -330,6 +332,26 @@ class TimerFired(Event):
     payload: TimerPayload
 
 
+# ---------------------------------------------------------------- operators
+
+
+class OperatorCommandPayload(Model):
+    """An operator's action on one process: recorded in the journal like any other input."""
+
+    # release: a quarantined process takes its parked inputs again; resume: a stuck process asks its
+    # definition to issue its work again; escalate: a human takes over (the process ends escalated).
+    action: Literal["release", "resume", "escalate"]
+    operator: str = Field(min_length=1, max_length=200)
+    note: str = Field(default="", max_length=2000)
+
+
+@event_type
+class OperatorCommand(Event):
+    TYPE = "OperatorCommand"
+    TOPIC = "pm.operator"
+    payload: OperatorCommandPayload
+
+
 # ---------------------------------------------------------------- journal and DLQ
 
 
@@ -342,8 +364,10 @@ class JournalEntryPayload(Model):
     input_partition: int
     input_offset: int
     event: bytes  # the input event, single-object encoded (exactly as received)
-    outcome: Literal["applied", "rejected", "failed"]
-    reason: str | None = None  # why rejected or failed
+    # parked: kept for a quarantined process (decided after `pm quarantine release`); quarantined: the
+    # input whose transaction kept aborting, parked as the first of its process's quarantine.
+    outcome: Literal["applied", "rejected", "failed", "parked", "quarantined"]
+    reason: str | None = None  # why rejected, failed, parked or quarantined
     status: str  # process status after this entry
     commands: list[bytes] = Field(default_factory=list)  # encoded command events
     published: list[bytes] = Field(default_factory=list)  # encoded published events

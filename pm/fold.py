@@ -9,14 +9,24 @@ No Kafka here: `pm.journal` reads the journal topic and hands records to this mo
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
 from pm.codec import encode
 from pm.errors import PmError
-from pm.events import Event, JournalEntry, JournalEntryPayload, TimerFired, TimerSpec, derive_id, utc_ms
+from pm.events import (
+    Event,
+    JournalEntry,
+    JournalEntryPayload,
+    OperatorCommand,
+    TimerFired,
+    TimerSpec,
+    derive_id,
+    utc_ms,
+)
 from pm.process import Decision, ProcessDefinition, ProcessState, Status
 from pm.registry import Registry
 
@@ -25,18 +35,28 @@ __all__ = [
     "MAX_PROCESSED",
     "JournalRecord",
     "JournalError",
+    "MAX_PARKED",
+    "MAX_PARKED_BYTES",
     "Outcome",
     "ProcessRecord",
+    "Quarantine",
     "Verifier",
     "build_entry",
     "evaluate",
     "advance",
     "fold_entry",
     "decision_time",
+    "operate",
+    "park_refusal",
+    "stuck",
 ]
 
 JOURNAL_TOPIC = "pm.journal"
 MAX_PROCESSED = 1000  # input event IDs remembered per process for dedupe (a process sees far fewer)
+# Inputs a quarantined process keeps for its release; past these, an input goes to the DLQ instead
+# (a record that stays in the store must not grow without bound while nobody looks).
+MAX_PARKED = 100
+MAX_PARKED_BYTES = 16 * 1024 * 1024
 
 Verifier = Callable[[Event], str | None]
 
@@ -55,6 +75,37 @@ class JournalRecord(NamedTuple):
 # ---------------------------------------------------------------- process records
 
 
+@dataclass(frozen=True)
+class Quarantine:
+    """Why a process is quarantined, what it was doing, and its parked inputs (topic, exact bytes) in order."""
+
+    reason: str
+    previous_status: str
+    previous_reason: str | None = None
+    parked: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def parked_bytes(self) -> int:
+        return sum(len(raw) for _, raw in self.parked)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "previous_status": self.previous_status,
+            "previous_reason": self.previous_reason,
+            "parked": [[topic, base64.b64encode(raw).decode("ascii")] for topic, raw in self.parked],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Quarantine:
+        return cls(
+            reason=str(data["reason"]),
+            previous_status=str(data["previous_status"]),
+            previous_reason=data.get("previous_reason"),
+            parked=tuple((str(t), base64.b64decode(r)) for t, r in data.get("parked", [])),
+        )
+
+
 @dataclass
 class ProcessRecord:
     """One process as the store keeps it: the definition it runs on, its state, dedupe and timers."""
@@ -66,6 +117,7 @@ class ProcessRecord:
     journal_offset: int = -1
     processed: list[str] = field(default_factory=list)
     timers: dict[str, tuple[int, str]] = field(default_factory=dict)  # timer_id -> (due_ms, name)
+    quarantine: Quarantine | None = None
 
     @property
     def status(self) -> str:
@@ -87,6 +139,7 @@ class ProcessRecord:
             "journal_offset": self.journal_offset,
             "processed": self.processed,
             "timers": {k: [due, name] for k, (due, name) in self.timers.items()},
+            **({"quarantine": self.quarantine.to_json()} if self.quarantine is not None else {}),
         }
 
     @classmethod
@@ -102,15 +155,80 @@ class ProcessRecord:
             journal_offset=int(data.get("journal_offset", -1)),
             processed=list(data.get("processed", [])),
             timers={k: (int(v[0]), str(v[1])) for k, v in dict(data.get("timers", {})).items()},
+            quarantine=Quarantine.from_json(data["quarantine"]) if data.get("quarantine") else None,
         )
         return record, definition
 
 
 @dataclass(frozen=True)
 class Outcome:
-    outcome: str  # applied | rejected | failed
+    outcome: str  # applied | rejected | failed | parked | quarantined
     reason: str | None
     decision: Decision[Any] | None
+    park: tuple[str, bytes] | None = None  # parked / quarantined: the input (logical topic, bytes)
+    # A release: the parked inputs, decided right after it in order (each journaled as its own entry).
+    parked: tuple[tuple[str, bytes], ...] = ()
+
+
+def stuck(record: ProcessRecord) -> bool:
+    """Running with nothing that can move it on: no live timer (waiting for a human has an approval pending).
+
+    Every step command a process issues should come with a timeout timer; a running process without
+    one waits for a result that may never come. The runtime reports it; an operator resumes or escalates.
+    """
+    return record.state.status == Status.RUNNING and not record.timers
+
+
+def park_refusal(quarantine: Quarantine, raw: bytes) -> str | None:
+    """Why one more input cannot be parked for this quarantine (then it goes to the DLQ), or None."""
+    if len(quarantine.parked) >= MAX_PARKED:
+        return f"the quarantined process already holds {MAX_PARKED} parked inputs"
+    if quarantine.parked_bytes + len(raw) > MAX_PARKED_BYTES:
+        return f"the quarantined process's parked inputs would exceed {MAX_PARKED_BYTES} bytes"
+    return None
+
+
+def operate(
+    definition: ProcessDefinition[Any], record: ProcessRecord, command: OperatorCommand, now: datetime
+) -> Outcome:
+    """An operator's command on a process, decided by the core (pure, like `decide`)."""
+    state = record.state
+    action, who = command.payload.action, command.payload.operator
+    note = f": {command.payload.note}" if command.payload.note else ""
+    quarantine = record.quarantine
+    if action == "release":
+        if quarantine is None:
+            return Outcome("rejected", f"not quarantined (status {record.status})", None)
+        # Validated, so the status is a `Status` again where it names one (model_copy would keep a str).
+        released = type(state).model_validate(
+            {**state.model_dump(), "status": quarantine.previous_status, "reason": quarantine.previous_reason}
+        )
+        return Outcome("applied", None, Decision(state=released), parked=quarantine.parked)
+    if action == "escalate":
+        if state.terminal and quarantine is None:
+            return Outcome("rejected", f"already ended (status {record.status})", None)
+        escalated = state.model_copy(
+            update={"status": Status.ESCALATED, "reason": f"escalated by {who}{note}"}
+        )
+        return Outcome("applied", None, Decision(state=escalated))
+    # resume: a stuck process asks its definition for its outstanding work again.
+    if state.status != Status.RUNNING:
+        hint = "; release it first" if quarantine is not None else ""
+        return Outcome(
+            "rejected", f"only a running process can be resumed (status {record.status}){hint}", None
+        )
+    resume = getattr(definition, "resume", None)
+    if resume is None:
+        return Outcome(
+            "rejected", f"process {definition.name} defines no resume(); escalate it instead", None
+        )
+    try:
+        decision = resume(state, now)
+    except Exception as exc:  # a bug in the definition's resume: fail the process, as for decide
+        return Outcome("failed", f"{type(exc).__name__}: {exc}", None)
+    if decision.rejection is not None:
+        return Outcome("rejected", decision.rejection, decision)
+    return Outcome("applied", None, decision)
 
 
 def evaluate(
@@ -152,8 +270,24 @@ def advance(
 ) -> ProcessRecord:
     """The process record after `event` with `outcome` (the same function for live runs and folds)."""
     timers = dict(record.timers) if record is not None else {}
-    if outcome.outcome == "applied" and outcome.decision is not None:
-        new_state: ProcessState = outcome.decision.state
+    quarantine = record.quarantine if record is not None else None
+    processed = [*(record.processed if record is not None else []), event.event_id][-MAX_PROCESSED:]
+    if outcome.outcome in ("parked", "quarantined") and outcome.park is not None:
+        # Not processed: the input comes back (republished) on release and is decided then.
+        processed = list(record.processed) if record is not None else []
+        if quarantine is None:
+            quarantine = Quarantine(
+                reason=outcome.reason or "quarantined",
+                previous_status=str(state.status),
+                previous_reason=state.reason,
+            )
+        quarantine = replace(quarantine, parked=(*quarantine.parked, outcome.park))
+        new_state: ProcessState = state.model_copy(
+            update={"status": Status.QUARANTINED, "reason": quarantine.reason}
+        )
+    elif outcome.outcome == "applied" and outcome.decision is not None:
+        new_state = outcome.decision.state
+        quarantine = None  # applied to a quarantined process: an operator released or escalated it
         for timer_id in outcome.decision.cancel:
             timers.pop(timer_id, None)
         for spec in outcome.decision.schedule:
@@ -164,9 +298,8 @@ def advance(
         new_state = state
     if isinstance(event, TimerFired):
         timers.pop(event.payload.timer_id, None)  # fired: no longer pending, whatever decide made of it
-    if new_state.terminal:
-        timers = {}  # a finished process has nothing left to wake up for
-    processed = [*(record.processed if record is not None else []), event.event_id][-MAX_PROCESSED:]
+    if new_state.terminal and quarantine is None:
+        timers = {}  # a finished process has nothing left to wake up for (a quarantined one parks them)
     return ProcessRecord(
         correlation_id=event.correlation_id,
         process=definition.name,
@@ -175,6 +308,7 @@ def advance(
         journal_offset=journal_offset,
         processed=processed,
         timers=timers,
+        quarantine=quarantine,
     )
 
 
@@ -244,7 +378,15 @@ def fold_entry(
             definition, state = registry.resolve(
                 record.process, record.version, record.state.model_dump(mode="json")
             )
-    if payload.outcome == "applied":
+    if payload.outcome in ("parked", "quarantined"):
+        outcome = Outcome(
+            payload.outcome, payload.reason, None, park=(payload.input_topic, bytes(payload.event))
+        )
+    elif payload.outcome == "applied" and isinstance(event, OperatorCommand) and record is not None:
+        outcome = operate(definition, record, event, decision_time(entry, event))
+        if outcome.outcome != "applied":
+            outcome = Outcome("failed", payload.reason or f"not reproducible on fold: {outcome.reason}", None)
+    elif payload.outcome == "applied":
         outcome = evaluate(definition, state, event, now=decision_time(entry, event))
         if outcome.outcome != "applied":  # today's code disagrees with the record: the record wins
             outcome = Outcome("failed", payload.reason or f"not reproducible on fold: {outcome.reason}", None)

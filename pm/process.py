@@ -47,6 +47,9 @@ class Status(StrEnum):
     REJECTED = "rejected"
     ESCALATED = "escalated"
     FAILED = "failed"
+    # Set by the runtime, never by `decide`: an input of this process kept its batch from committing;
+    # its later inputs are parked until an operator releases it (`pm quarantine release`).
+    QUARANTINED = "quarantined"
 
 
 # A process is active while running or waiting for a human; every other status is terminal.

@@ -29,7 +29,8 @@ from pm.app import load_app
 from pm.codec import decode
 from pm.config import Config
 from pm.errors import PmError
-from pm.events import Event, TimerSpec, utc_ms
+from pm.events import Event, OperatorCommand, TimerSpec, utc_ms
+from pm.fold import ProcessRecord, Quarantine, operate
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalRecord,
@@ -409,6 +410,7 @@ class Replayer:
         self.seen: set[str] = set()
         self.events = 0  # entries folded (duplicates excluded)
         self.checked = 0  # applied entries re-decided and compared
+        self.quarantine: Quarantine | None = None
 
     def _resolve(self, record: JournalRecord) -> ProcessDefinition[Any]:
         p = record.entry.payload
@@ -436,7 +438,12 @@ class Replayer:
                 self.state = before = self.definition.initial_state(event)
             assert self.state is not None
             self.status = p.status
-            if p.outcome == "applied":
+            runtime = _runtime_entry(self.definition, self.state, self.quarantine, record, decided_at)
+            if runtime is not None:  # quarantine, parking, operator commands: decided by the core
+                self.state, self.quarantine, parked = runtime
+                if parked:
+                    self.seen.discard(event.event_id)  # decided again on release
+            elif p.outcome == "applied":
                 outcome = evaluate(self.definition, self.state, event, now=decided_at)
                 if outcome.outcome == "applied" and outcome.decision is not None:
                     self.state = outcome.decision.state
@@ -741,6 +748,7 @@ class _WhatIf:
         self.new = _Branch()
         self.seen: set[str] = set()
         self.events = 0
+        self.quarantine: Quarantine | None = None
 
     def feed(self, record: JournalRecord) -> None:
         event, p = record.event, record.entry.payload
@@ -755,6 +763,14 @@ class _WhatIf:
         self.recorded.status = p.status
         if self.state is None:
             self.state = self.definition.initial_state(event)
+        runtime = _runtime_entry(
+            self.definition, self.state, self.quarantine, record, decision_time(record.entry, event)
+        )
+        if runtime is not None:  # quarantine, parking, operator commands: the same under any definition
+            self.state, self.quarantine, parked = runtime
+            if parked:
+                self.seen.discard(event.event_id)
+            return
         # Entries the runtime refused outside `decide` (signatures, duplicates) stay refused.
         if p.outcome == "rejected":
             return
@@ -927,3 +943,45 @@ def inspect_process(config: Config, correlation_id: str, registry: Registry | No
         "state_note": note,
         "events": timeline(records),
     }
+
+
+def _runtime_entry(
+    definition: ProcessDefinition[Any],
+    state: ProcessState,
+    quarantine: Quarantine | None,
+    record: JournalRecord,
+    decided_at: datetime,
+) -> tuple[ProcessState, Quarantine | None, bool] | None:
+    """An entry the runtime decided, not `decide` (as `pm.fold.advance` folds it): the state, the
+    quarantine and whether the input was parked after it; None for an entry `decide` made."""
+    entry, event = record.entry, record.event
+    p = entry.payload
+    if p.outcome in ("parked", "quarantined"):
+        if quarantine is None:
+            quarantine = Quarantine(
+                reason=p.reason or "quarantined",
+                previous_status=str(state.status),
+                previous_reason=state.reason,
+            )
+        quarantine = Quarantine(
+            quarantine.reason,
+            quarantine.previous_status,
+            quarantine.previous_reason,
+            (*quarantine.parked, (p.input_topic, bytes(p.event))),
+        )
+        return (
+            state.model_copy(update={"status": Status.QUARANTINED, "reason": quarantine.reason}),
+            quarantine,
+            True,
+        )
+    if not isinstance(event, OperatorCommand):
+        return None
+    if p.outcome != "applied":
+        return state, quarantine, False
+    process = ProcessRecord(
+        entry.correlation_id, definition.name, int(definition.version), state, quarantine=quarantine
+    )
+    outcome = operate(definition, process, event, decided_at)
+    if outcome.outcome == "applied" and outcome.decision is not None:
+        return outcome.decision.state, None, False
+    return state.model_copy(update={"status": Status.FAILED, "reason": outcome.reason}), None, False

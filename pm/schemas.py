@@ -58,6 +58,7 @@ from pm.events import (
     DlqRecord,
     Event,
     JournalEntry,
+    OperatorCommand,
     StepFailed,
     TimerCancelled,
     TimerFired,
@@ -92,6 +93,7 @@ CORE_EVENT_TYPES: tuple[type[Event], ...] = (
     ApprovalRequested,
     ApprovalDecided,
     ApprovalReminder,
+    OperatorCommand,
     JournalEntry,
     DlqRecord,
 )

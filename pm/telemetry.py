@@ -67,6 +67,8 @@ __all__ = [
     "decision_latency",
     "active_processes",
     "waiting_processes",
+    "stuck_processes",
+    "quarantined_processes",
     "command_round_trip",
     "dlq_records",
     "consumer_lag",
@@ -371,6 +373,20 @@ def waiting_processes() -> UpDownCounter:
     """Processes waiting for a human approval; +1 / -1 on transitions."""
     return _instrument(
         "pm.processes.waiting", "create_up_down_counter", "{process}", "Processes waiting for approval"
+    )
+
+
+def stuck_processes() -> UpDownCounter:
+    """Running processes with no live timer (the watchdog, `pm.fold.stuck`); +1 / -1 on transitions."""
+    return _instrument(
+        "pm.processes.stuck", "create_up_down_counter", "{process}", "Running processes nothing will move on"
+    )
+
+
+def quarantined_processes() -> UpDownCounter:
+    """Processes quarantined (an input kept its batch from committing); +1 / -1 on transitions."""
+    return _instrument(
+        "pm.processes.quarantined", "create_up_down_counter", "{process}", "Quarantined processes"
     )
 
 

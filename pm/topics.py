@@ -38,7 +38,15 @@ __all__ = [
 
 STEP_TOPIC_PREFIX = "cmd."
 # Topics of the core, whatever the app: created from topics.yaml for every app.
-CORE_TOPICS = ("pm.journal", "pm.timers", "pm.dlq", "approvals", "approvals.requested", "step.results")
+CORE_TOPICS = (
+    "pm.journal",
+    "pm.timers",
+    "pm.operator",
+    "pm.dlq",
+    "approvals",
+    "approvals.requested",
+    "step.results",
+)
 
 
 class TopicError(PmError, RuntimeError):

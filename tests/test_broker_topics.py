@@ -20,6 +20,7 @@ def test_layout_co_partitions_pm_inputs_and_journal() -> None:
         "approvals",
         "step.results",
         "pm.timers",
+        "pm.operator",
         "pm.journal",
     }
     assert {layout.spec(t).partitions for t in layout.co_partitioned} == {6}

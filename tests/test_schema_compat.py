@@ -338,7 +338,7 @@ def test_cli_check_on_the_bundled_app(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["schemas", "check"]) == 0
     out = capsys.readouterr().out
     kept = len(schemas.kept_versions(SCHEMAS))
-    assert out.strip() == f"ok: 20 schemas up to date, {kept} older versions readable"
+    assert out.strip() == f"ok: 21 schemas up to date, {kept} older versions readable"
 
 
 def _app_in(directory: Path | None) -> App:
@@ -361,12 +361,12 @@ def test_cli_generate_then_check_an_app_folder(
     assert main(["schemas", "generate"]) == 0
     assert capsys.readouterr().out.endswith("11 written, 0 up to date\n")
     assert main(["schemas", "generate", "--core"]) == 0
-    assert capsys.readouterr().out.endswith("9 written, 11 up to date\n")
+    assert capsys.readouterr().out.endswith("10 written, 11 up to date\n")
     assert sorted(p.name for p in core_dir.iterdir()) == sorted(
         f"{cls.TYPE}.avsc" for cls in schemas.core_event_types()
     )
     assert main(["schemas", "check"]) == 0
-    assert capsys.readouterr().out == "ok: 20 schemas up to date, 0 older versions readable\n"
+    assert capsys.readouterr().out == "ok: 21 schemas up to date, 0 older versions readable\n"
 
     # An old version the latest cannot read fails the check, naming the file.
     old = json.loads((app_dir / "EmailReceived.avsc").read_text())

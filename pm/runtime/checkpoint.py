@@ -25,6 +25,42 @@ from pm.store import PartitionStore, StoreWrite, TimerEntry
 from pm.timers import TimerService
 
 DeliveryReport = Callable[[KafkaError | None, Message], None]
+# Errors that belong to one record, not to the broker or the transaction (see pm.runtime.poison).
+RECORD_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_TIMESTAMP,
+    }
+)
+# Errors of the broker or the network, whatever the records: they never make a record poison.
+TRANSIENT_ERRORS = frozenset(
+    getattr(KafkaError, name)
+    for name in (
+        "_MSG_TIMED_OUT",
+        "_TIMED_OUT",
+        "_TRANSPORT",
+        "_ALL_BROKERS_DOWN",
+        "_RESOLVE",
+        "REQUEST_TIMED_OUT",
+        "NETWORK_EXCEPTION",
+        "NOT_ENOUGH_REPLICAS",
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND",
+        "NOT_LEADER_FOR_PARTITION",
+        "LEADER_NOT_AVAILABLE",
+        "COORDINATOR_NOT_AVAILABLE",
+        "NOT_COORDINATOR",
+        "COORDINATOR_LOAD_IN_PROGRESS",
+        "CONCURRENT_TRANSACTIONS",
+    )
+    if hasattr(KafkaError, name)
+)
+
+
+def transient(error: KafkaError) -> bool:
+    """Not the records' fault: the broker or the network (retrying as it is can succeed)."""
+    return bool(error.retriable()) or error.code() in TRANSIENT_ERRORS
 
 
 class FencedError(PmError, RuntimeError):
@@ -53,6 +89,7 @@ class Batch:
         default_factory=dict
     )  # entry id -> (partition, offset)
     delivery_errors: list[str] = field(default_factory=list)
+    transient_delivery_errors: int = 0
     fired: list[TimerEntry] = field(default_factory=list)
     handled: int = 0
     duplicates: int = 0
@@ -60,15 +97,33 @@ class Batch:
     dlq: int = 0
     active_delta: int = 0
     decided_at: dict[Position, datetime] = field(default_factory=dict)  # input position -> now
+    inputs: list[Position] = field(default_factory=list)  # every input consumed, in order
+    # The first offset of each partition among the records fetched for this batch, handled or not:
+    # an abort mid-batch must put back the records it never reached as well.
+    fetched: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Inputs whose own output failed with a record-specific error (see pm.runtime.poison).
+    failed_inputs: dict[Position, str] = field(default_factory=dict)
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         self.first_offsets.setdefault((topic, partition), offset)
         self.next_offsets[(topic, partition)] = offset + 1
+        self.inputs.append((topic, partition, offset))
+
+    def delivery_for(self, position: Position, inner: DeliveryReport | None = None) -> DeliveryReport:
+        """A delivery report for an output of the input at `position`: a record error names that input."""
+
+        def report(err: KafkaError | None, msg: Message) -> None:
+            if err is not None and err.code() in RECORD_ERRORS:
+                self.failed_inputs.setdefault(position, f"an output could not be produced: {err.str()}")
+            (inner or self.on_delivery)(err, msg)
+
+        return report
 
     def on_journal_delivery(self, entry_id: str) -> DeliveryReport:
         def report(err: KafkaError | None, msg: Message) -> None:
             if err is not None:
                 self.delivery_errors.append(str(err))
+                self.transient_delivery_errors += int(transient(err))
             else:
                 self.journal_offsets[entry_id] = (int(msg.partition() or 0), int(msg.offset() or 0))
 
@@ -77,6 +132,7 @@ class Batch:
     def on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.delivery_errors.append(str(err))
+            self.transient_delivery_errors += int(transient(err))
 
 
 def commit_transaction(producer: Producer) -> None:
@@ -142,12 +198,15 @@ class Checkpoint:
         """Step 2: everything delivered; the journal offsets are now known."""
         remaining = self.producer.flush(60)
         if remaining:
-            raise KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered"))
+            raise KafkaException(
+                KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered", retriable=True)
+            )
         if self.batch.delivery_errors:
             raise KafkaException(
                 KafkaError(
                     KafkaError._FAIL,
                     f"delivery failed: {self.batch.delivery_errors[0]}",
+                    retriable=self.batch.transient_delivery_errors > 0,
                     txn_requires_abort=True,
                 )
             )
@@ -194,7 +253,7 @@ class Checkpoint:
         """Put the consumer back to the batch's first offsets: the records will be consumed again."""
         batch = self.batch
         retry_times.keep(batch.decided_at)
-        firsts = dict(batch.first_offsets)
+        firsts = {**batch.fetched, **batch.first_offsets}
         for key, offset in batch.deferred.items():
             firsts[key] = min(firsts.get(key, offset), offset)
         for (topic, partition), offset in firsts.items():

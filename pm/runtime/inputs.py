@@ -13,20 +13,22 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import KafkaError, KafkaException, Message
 
 from pm import telemetry
 from pm.codec import CodecError, decode, encode
 from pm.config import Config
 from pm.dlq import DLQ_TOPIC, dead_letter
 from pm.errors import PmError
-from pm.events import ApprovalDecided, Event, JournalEntry
+from pm.events import ApprovalDecided, Event, JournalEntry, OperatorCommand
+from pm.fold import operate, park_refusal
 from pm.integrity import record_problem, shown
 from pm.journal import JOURNAL_TOPIC, Outcome, ProcessRecord, Verifier, advance, build_entry, evaluate
 from pm.process import InvalidInput, ProcessDefinition, Status
 from pm.registry import Registry
 from pm.runtime.backpressure import Backpressure
-from pm.runtime.checkpoint import Change, Checkpoint
+from pm.runtime.checkpoint import RECORD_ERRORS, Change, Checkpoint
+from pm.runtime.poison import PoisonIsolation
 from pm.runtime.state import Position, ProcessCache, RetryTimes, UnconfirmedOutputs, read_record
 from pm.store import PartitionStore
 
@@ -36,6 +38,7 @@ ENTRY_OVERHEAD = 16 * 1024
 
 class RecordTooLarge(ValueError):
     """A decision whose journal entry or outputs would be over the record limit."""
+
 
 class InputHandler:
     """Handles the input records of a batch into its checkpoint (`handle`).
@@ -67,6 +70,7 @@ class InputHandler:
         self.verifier = verifier
         self.log = log
         self.partitions: dict[str, int] = {}
+        self.isolation = PoisonIsolation(log)
 
     def handle(self, checkpoint: Checkpoint, message: Message) -> None:
         batch = checkpoint.batch
@@ -146,56 +150,33 @@ class InputHandler:
         else:
             assert definition is not None
             state = before.state
+        position = (physical, partition, offset)
         batch.consumed(physical, partition, offset)
-        now = self.retry_times.take((physical, partition, offset), batch.now)
-        batch.decided_at[(physical, partition, offset)] = now
+        dead = self.isolation.dead.get(position)
+        if dead is not None:  # not even its failure could be journaled (see pm.runtime.poison)
+            self._dlq(checkpoint, message, dead, "Unproducible")
+            return
+        quarantine = before.quarantine if before is not None else None
+        if quarantine is not None and not isinstance(event, OperatorCommand):
+            refusal = park_refusal(quarantine, raw)
+            if refusal is not None:
+                self._dlq(checkpoint, message, f"not parked: {refusal}", "ParkingFull")
+                return
+        now = self.retry_times.take(position, batch.now)
+        batch.decided_at[position] = now
         with self._span(message, event, topic, partition, offset):
-            verifier = self.verifier if isinstance(event, ApprovalDecided) else None
             started = time.perf_counter()
-            outcome = evaluate(definition, state, event, verifier, now=now)
+            outcome = self._outcome(definition, before, state, event, raw, position, topic, now)
             telemetry.decision_latency().record(
                 time.perf_counter() - started, {"pm.process": definition.name, "pm.event_type": event.type}
             )
-            try:
-                after, entry = self._entry(
-                    definition, before, state, event, raw, topic, partition, offset, outcome, now
-                )
-                entry_bytes = encode(entry)
-                oversize = self._oversize(entry_bytes, entry)
-                if oversize is not None:  # Kafka would refuse it, and the batch would abort forever
-                    raise RecordTooLarge(oversize)
-            except (
-                Exception
-            ) as exc:  # e.g. outputs that break their schema or the size limit: fail only this process
-                outcome = Outcome("failed", f"{type(exc).__name__}: {exc}", None)
-                after, entry = self._entry(
-                    definition, before, state, event, raw, topic, partition, offset, outcome, now
-                )
-                entry_bytes = encode(entry)
-            telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": outcome.outcome})
-            _count_transition(before.status if before is not None else None, after.status)
-            headers = telemetry.inject([])
-            checkpoint.produce(
-                self.config.topic(JOURNAL_TOPIC),
-                entry_bytes,
-                key=correlation_id,
-                partition=partition,  # the journal partition is the input partition (co-partitioned)
-                headers=headers,
-                on_delivery=batch.on_journal_delivery(entry.event_id),
+            after, entry = self._journal(
+                checkpoint, definition, before, state, event, raw, topic, position, outcome, now
             )
-            if outcome.outcome == "applied" and outcome.decision is not None:
-                # The entry already holds every output encoded (build_entry): send those bytes, not a
-                # second encoding (encode was ~1/6 of the PM's time, half of it spent twice).
-                outputs = (*outcome.decision.commands, *outcome.decision.publish)
-                encoded = (*entry.payload.commands, *entry.payload.published)
-                for output, value in zip(outputs, encoded, strict=True):
-                    checkpoint.produce(
-                        self.config.topic(output.topic),
-                        value,
-                        key=correlation_id,
-                        headers=headers,
-                        on_delivery=batch.on_delivery,
-                    )
+            if outcome.outcome == "applied" and outcome.parked:
+                after, entry = self._decide_parked(
+                    checkpoint, definition, after, entry, outcome.parked, position, now
+                )
         previous = batch.changes.get(correlation_id)
         batch.changes[correlation_id] = Change(
             partition=partition,
@@ -206,6 +187,160 @@ class InputHandler:
         )
         batch.active_delta += int(after.active) - int(before.active if before is not None else False)
         batch.handled += 1
+
+    def _journal(
+        self,
+        checkpoint: Checkpoint,
+        definition: ProcessDefinition[Any],
+        before: ProcessRecord | None,
+        state: Any,
+        event: Event,
+        raw: bytes,
+        topic: str,
+        position: Position,
+        outcome: Outcome,
+        now: datetime,
+    ) -> tuple[ProcessRecord, JournalEntry]:
+        """Journal one decided input and produce its outputs; a decision that cannot be recorded fails its process."""
+        _, partition, offset = position
+        try:
+            after, entry = self._entry(
+                definition, before, state, event, raw, topic, partition, offset, outcome, now
+            )
+            entry_bytes = encode(entry)
+            oversize = self._oversize(entry_bytes, entry)
+            if oversize is not None:  # Kafka would refuse it, and the batch would abort forever
+                raise RecordTooLarge(oversize)
+        except (
+            Exception
+        ) as exc:  # e.g. outputs that break their schema or the size limit: fail only this process
+            outcome = Outcome("failed", f"{type(exc).__name__}: {exc}", None)
+            after, entry = self._entry(
+                definition, before, state, event, raw, topic, partition, offset, outcome, now
+            )
+            entry_bytes = encode(entry)
+        telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": outcome.outcome})
+        _count_transition(before.status if before is not None else None, after.status)
+        try:
+            self._produce_outputs(checkpoint, position, event.correlation_id, entry, entry_bytes, outcome)
+        except KafkaException as exc:  # produce() refused a record: name this input, abort the batch
+            error = exc.args[0] if exc.args else None
+            if isinstance(error, KafkaError) and error.code() in RECORD_ERRORS:
+                checkpoint.batch.failed_inputs.setdefault(
+                    position, f"an output could not be produced: {error.str()}"
+                )
+            raise
+        return after, entry
+
+    def _decide_parked(
+        self,
+        checkpoint: Checkpoint,
+        definition: ProcessDefinition[Any],
+        record: ProcessRecord,
+        entry: JournalEntry,
+        parked: tuple[tuple[str, bytes], ...],
+        position: Position,
+        now: datetime,
+    ) -> tuple[ProcessRecord, JournalEntry]:
+        """A release: decide the parked inputs now, in the order they came, in this same transaction.
+
+        Each gets its own journal entry, recorded at the release's position (topic and offset), so a
+        fold re-decides them exactly as here; an input already applied (a parked duplicate) is skipped.
+        """
+        release_topic = self.config.logical_topic(position[0])
+        for _, raw in parked:
+            try:
+                event = decode(raw)
+            except CodecError as exc:  # decoded when it was parked; only a removed schema gets here
+                print(
+                    f"pm: parked input of {record.correlation_id} no longer decodes, left: {exc}",
+                    file=self.log,
+                )
+                continue
+            if record.seen(event.event_id):
+                continue
+            verifier = self.verifier if isinstance(event, ApprovalDecided) else None
+            outcome = evaluate(definition, record.state, event, verifier, now=now)
+            record, entry = self._journal(
+                checkpoint,
+                definition,
+                record,
+                record.state,
+                event,
+                raw,
+                release_topic,
+                position,
+                outcome,
+                now,
+            )
+            checkpoint.batch.handled += 1
+        return record, entry
+
+    def _outcome(
+        self,
+        definition: ProcessDefinition[Any],
+        before: ProcessRecord | None,
+        state: Any,
+        event: Event,
+        raw: bytes,
+        position: Position,
+        topic: str,
+        now: datetime,
+    ) -> Outcome:
+        """What becomes of this input: decided, or parked / quarantined / failed by the runtime."""
+        poison = self.isolation.poison.get(position)
+        if poison is not None and not isinstance(event, OperatorCommand):
+            return Outcome("quarantined", f"quarantined: {poison}", None, park=(topic, bytes(raw)))
+        if before is not None and before.quarantine is not None and not isinstance(event, OperatorCommand):
+            return Outcome("parked", "parked: the process is quarantined", None, park=(topic, bytes(raw)))
+        if isinstance(event, OperatorCommand):
+            assert before is not None  # an operator command never starts a process (no starter takes it)
+            if (
+                poison is not None
+            ):  # never parked: a release that cannot commit leaves the quarantine as it is
+                return Outcome("rejected", f"could not be committed: {poison}", None)
+            return operate(definition, before, event, now)
+        failing = self.isolation.failing.get(position)
+        if failing is not None:
+            return Outcome("failed", failing, None)
+        verifier = self.verifier if isinstance(event, ApprovalDecided) else None
+        return evaluate(definition, state, event, verifier, now=now)
+
+    def _produce_outputs(
+        self,
+        checkpoint: Checkpoint,
+        position: Position,
+        correlation_id: str,
+        entry: JournalEntry,
+        entry_bytes: bytes,
+        outcome: Outcome,
+    ) -> None:
+        """The journal entry, then the decision's outputs."""
+        batch = checkpoint.batch
+        partition = position[1]
+        headers = telemetry.inject([])
+        checkpoint.produce(
+            self.config.topic(JOURNAL_TOPIC),
+            entry_bytes,
+            key=correlation_id,
+            partition=partition,  # the journal partition is the input partition (co-partitioned)
+            headers=headers,
+            on_delivery=batch.delivery_for(position, batch.on_journal_delivery(entry.event_id)),
+        )
+        if outcome.outcome != "applied" or outcome.decision is None:
+            return
+        # The entry already holds every output encoded (build_entry): send those bytes, not a
+        # second encoding (encode was ~1/6 of the PM's time, half of it spent twice).
+        outputs = (*outcome.decision.commands, *outcome.decision.publish)
+        encoded = (*entry.payload.commands, *entry.payload.published)
+        for output, value in zip(outputs, encoded, strict=True):
+            checkpoint.produce(
+                self.config.topic(output.topic),
+                value,
+                key=correlation_id,
+                headers=headers,
+                on_delivery=batch.delivery_for(position),
+            )
 
     @staticmethod
     def _entry(
@@ -366,3 +501,5 @@ def _count_transition(old: str | None, new: str) -> None:
             telemetry.active_processes().add(delta)
         elif status == Status.WAITING_FOR_APPROVAL:
             telemetry.waiting_processes().add(delta)
+        elif status == Status.QUARANTINED:
+            telemetry.quarantined_processes().add(delta)

@@ -11,23 +11,25 @@ import contextlib
 import json
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pm import telemetry
 from pm.app import App, load_app
 from pm.codec import encode
 from pm.config import Config
 from pm.errors import PmError
+from pm.fold import stuck
+from pm.integrity import shown
 from pm.journal import Verifier
 from pm.kafka import make_consumer, make_transactional_producer
 from pm.process import ProcessDefinition
 from pm.registry import Registry
 from pm.runtime.backpressure import Backpressure
-from pm.runtime.checkpoint import Checkpoint, commit_transaction
+from pm.runtime.checkpoint import Change, Checkpoint, commit_transaction
 from pm.runtime.inputs import InputHandler
 from pm.runtime.recovery import PartitionRecovery, journal_topic_id
 from pm.runtime.state import ProcessCache, RetryTimes, UnconfirmedOutputs
@@ -48,6 +50,7 @@ class RuntimeStats:
     timers_fired: int = 0
     aborts: int = 0
     deferred: int = 0  # start-topic records put back because of backpressure
+    stuck: int = 0  # processes the watchdog reported (running, no live timer)
 
 
 class ProcessManager:
@@ -235,6 +238,7 @@ class ProcessManager:
         self.timers.reset()
         # Only the revoked partitions: a kept partition's aborted batch is still to be retried.
         self._retry_times.forget(revoked)
+        self._inputs.isolation.forget(revoked)
         self._backpressure.revoke(revoked)
 
     def _close_stores(self, partitions: Iterable[int]) -> None:
@@ -284,9 +288,9 @@ class ProcessManager:
         """Consume one batch and commit it in one transaction; returns the number of inputs journaled."""
         # A rebalance can run inside the fetch calls: records of a partition revoked meanwhile are not
         # ours any more (no store; their offsets are uncommitted, so the new owner fetches them).
-        messages = [
-            m for m in self._next_batch(timeout) if m.error() is not None or m.partition() in self.stores
-        ]
+        messages = self._limit(
+            [m for m in self._next_batch(timeout) if m.error() is not None or m.partition() in self.stores]
+        )
         due = self.timers.due(self.stores) if self.stores else []  # re-checked against the batch below
         if not messages and not due:
             if self._backpressure.paused:
@@ -300,6 +304,11 @@ class ProcessManager:
             log=self.log,
         )
         batch = checkpoint.batch
+        for message in messages:
+            if message.error() is None:
+                batch.fetched.setdefault(
+                    (str(message.topic()), int(message.partition() or 0)), int(message.offset() or 0)
+                )
         try:
             # 1. one transaction for the whole batch
             checkpoint.begin()
@@ -320,6 +329,8 @@ class ProcessManager:
             checkpoint.abort(exc)  # FencedError when this instance can no longer commit
             checkpoint.rewind(self._retry_times)
             self.stats.aborts += 1
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            self._inputs.isolation.after_abort(batch.inputs, batch.failed_inputs, error)
             return 0
         except BaseException:
             checkpoint.abandon()
@@ -327,7 +338,24 @@ class ProcessManager:
             raise
         # 5. the store, after the commit (a crash before this is repaired by catch-up)
         self._apply(checkpoint)
+        self._inputs.isolation.after_commit(batch.inputs)
         return batch.handled
+
+    def _limit(self, messages: list[Message]) -> list[Message]:
+        """While a poison input is searched for (`pm.runtime.poison`), take fewer; put the rest back."""
+        limit = self._inputs.isolation.limit
+        if limit is None or len(messages) <= limit:
+            return messages
+        kept, rest = messages[:limit], messages[limit:]
+        first_rest: dict[tuple[str, int], int] = {}
+        for message in rest:
+            if message.error() is None:
+                first_rest.setdefault(
+                    (str(message.topic()), int(message.partition() or 0)), int(message.offset() or 0)
+                )
+        for (topic, partition), offset in first_rest.items():
+            self.consumer.seek(TopicPartition(topic, partition, offset))
+        return kept
 
     def _commit(self) -> None:
         """Step 4 of `run_once` (a method of its own: tests make one commit fail here)."""
@@ -351,6 +379,7 @@ class ProcessManager:
         """Step 5: the committed batch goes to the stores and the cache; stats and backpressure follow."""
         self._backpressure.active.update(checkpoint.apply(self.stores, self._cache, self.timers))
         batch = checkpoint.batch
+        self._watch(batch.changes)
         self.stats.batches += 1
         self.stats.handled += batch.handled
         self.stats.duplicates += batch.duplicates
@@ -359,6 +388,27 @@ class ProcessManager:
         self.stats.timers_fired += len(batch.fired)
         self.stats.deferred += len(batch.deferred)
         self._backpressure.check(self.consumer, force_pause=bool(batch.deferred))
+
+    def _watch(self, changes: Mapping[str, Change]) -> None:
+        """The watchdog: a process that is running with no live timer waits for something that may never come.
+
+        Checked on every committed change (a dict lookup per process: see bench/RESULTS.md for its
+        cost); reported once per transition, as a log line and the `pm.processes.stuck` gauge.
+        """
+        for correlation_id, change in changes.items():
+            now_stuck = stuck(change.after)
+            was_stuck = change.before is not None and stuck(change.before)
+            if now_stuck == was_stuck:
+                continue
+            telemetry.stuck_processes().add(1 if now_stuck else -1)
+            if now_stuck:
+                self.stats.stuck += 1
+                print(
+                    f"pm: process {shown(correlation_id)} is stuck: running with no live timer and no pending "
+                    f"approval (`pm processes --stuck`; `pm resume` or `pm escalate` it)",
+                    file=self.log,
+                    flush=True,
+                )
 
     # ------------------------------------------------------------ backpressure
 
