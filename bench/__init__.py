@@ -8,6 +8,7 @@ BENCHMARKS = {
     "rebuild": "bench.rebuild",
     "recovery": "bench.recovery",
     "memory": "bench.memory",
+    "poison": "bench.poison",
 }
 
 __all__ = ["BENCHMARKS"]

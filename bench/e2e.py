@@ -32,7 +32,8 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaError, TopicPartition
@@ -135,6 +136,8 @@ class E2eResult:
     # input type -> (p50 ms from the previous journal record of the process to this input's occurred_at
     # (command delivered, step ran, result produced), p50 ms from occurred_at to this journal record)
     stages: dict[str, tuple[float, float]]
+    extra_statuses: dict[str, str] = field(default_factory=dict)  # see measure_e2e(extra=...)
+    prefix: str = ""  # the run's topic prefix (its topics stay on the broker until it stops)
 
     @property
     def rate(self) -> float:
@@ -173,8 +176,19 @@ def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[lis
     return children, env
 
 
-def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: float = 1800.0) -> E2eResult:
-    """One run on the broker of `base` with fresh topics under a new prefix and a fresh state dir."""
+def measure_e2e(
+    base: Config,
+    processes: int,
+    llm_latency_ms: int,
+    *,
+    timeout: float = 1800.0,
+    extra: Callable[[Config, Scenario], list[str]] | None = None,
+) -> E2eResult:
+    """One run on the broker of `base` with fresh topics under a new prefix and a fresh state dir.
+
+    `extra` publishes unusual records halfway through the e-mails and returns their correlation IDs:
+    their last journaled status is reported in `extra_statuses` (absent: never journaled, e.g. DLQ).
+    """
     work = Path(tempfile.mkdtemp(prefix="pm-bench-e2e-"))
     config = base.with_overrides(
         topic_prefix=f"e{uuid.uuid4().hex[:8]}.", state_dir=work / "state"
@@ -206,7 +220,13 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
 
         started_ms = time.time() * 1000
         wanted: set[str] = set()
+        extra_ids: list[str] = []
+        extra_statuses: dict[str, str] = {}
         for i in range(processes):
+            if extra is not None and i == processes // 2:
+                publisher.flush(120)
+                extra_ids = extra(config, scenario)
+                extra_statuses = dict.fromkeys(extra_ids, "not journaled")
             kind = "refund" if i % 5 == 4 else "status"
             email = scenario.email(i, kind)
             wanted.add(email.correlation_id)
@@ -223,6 +243,8 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
         while len(finished_ms) < processes:
             _check(children, reviewer, deadline, f"{processes - len(finished_ms)} processes to finish")
             for row in tail.poll(0.2):
+                if row.correlation_id in extra_ids:
+                    extra_statuses[row.correlation_id] = row.status
                 if row.correlation_id not in wanted:
                     continue
                 status[row.correlation_id] = row.status
@@ -237,6 +259,13 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
                 if row.status in TERMINAL and row.correlation_id not in finished_ms:
                     finished_ms[row.correlation_id] = row.written_ms
         seconds = (max(finished_ms.values()) - started_ms) / 1000
+        settle = time.monotonic() + 60  # the unusual records may still be on their way
+        while extra_ids and time.monotonic() < settle:
+            if all(status in TERMINAL or status == "not journaled" for status in extra_statuses.values()):
+                break
+            for row in tail.poll(0.2):
+                if row.correlation_id in extra_ids:
+                    extra_statuses[row.correlation_id] = row.status
         latencies = [finished_ms[c] - received_ms[c] for c in finished_ms if c in received_ms]
         counts: dict[str, int] = {}
         for cid in wanted:
@@ -255,6 +284,8 @@ def measure_e2e(base: Config, processes: int, llm_latency_ms: int, *, timeout: f
             stages={
                 t: (percentile(stage_step.get(t, []), 50), percentile(v, 50)) for t, v in stage_decide.items()
             },
+            extra_statuses=extra_statuses,
+            prefix=config.topic_prefix,
         )
     finally:
         reviewer.stop.set()

@@ -87,7 +87,7 @@ class Scenario:
     def answer(self, command: Event, now: datetime) -> Event:
         """The result event the step consumer would publish for `command`."""
         if isinstance(command, FetchOrder):
-            order = self._orders.get(command.payload.order_id)
+            order = self._orders.get(command.payload.order_id or "")
             payload = OrderFetchedPayload(
                 command_id=command.payload.command_id,
                 attempt=command.payload.attempt,

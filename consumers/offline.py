@@ -121,6 +121,16 @@ def offline_draft(command: DraftReplyPayload) -> Draft:
     """
     email, order, policy = command.email, command.order, command.policy
     subject = email.subject if email.subject.lower().startswith("re:") else f"Re: {email.subject}".strip()
+    if order is None and command.candidate_orders:
+        listed = "\n".join(f"- {oid}" for oid in command.candidate_orders)
+        body = (
+            "Hello,\n\n"
+            "Thank you for contacting us. We found more than one open order under your address:\n"
+            f"{listed}\n"
+            "Could you reply and tell us which of these your message is about, so we can look into it?\n\n"
+            "Kind regards,\nCustomer Support"
+        )
+        return Draft(subject=subject, body=body, order_id=None, refund_cents=0, promises=[])
     if order is None:
         body = (
             "Hello,\n\n"

@@ -1,7 +1,11 @@
 """A small HTTP order service for the demo and tests: `GET /orders/<id>` -> JSON `Order` or 404.
 
-Orders come from a JSON file (`consumers/data/orders.json` by default), validated with the
-`Order` model at start-up. `GET /health` answers `{"status": "ok"}`. Stdlib only.
+`GET /orders?customer=<address>` -> `{"customer": <address>, "orders": [Order, ...]}`: the orders
+of that one customer (matched on the parsed address, `customer_email.addresses`), in file order;
+an address that does not parse is a 400, and `/orders` without a customer lists nothing (400):
+no request lists other customers' orders. Orders come from a JSON file
+(`consumers/data/orders.json` by default), validated with the `Order` model at start-up.
+`GET /health` answers `{"status": "ok"}`. Stdlib only.
 """
 
 from __future__ import annotations
@@ -13,10 +17,11 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import ValidationError
 
+from customer_email.addresses import AddressError, parse_address, same_address
 from customer_email.events import Order
 from customer_email.settings import EmailSettings
 from pm.config import Config
@@ -56,9 +61,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        parts = [unquote(p) for p in urlsplit(self.path).path.split("/") if p]
+        url = urlsplit(self.path)
+        parts = [unquote(p) for p in url.path.split("/") if p]
         if parts == ["health"]:
             self._reply(HTTPStatus.OK, {"status": "ok", "orders": len(self.server.orders)})
+        elif parts == ["orders"]:
+            self._customer_orders(parse_qs(url.query).get("customer", []))
         elif len(parts) == 2 and parts[0] == "orders":
             order = self.server.orders.get(parts[1])
             if order is None:
@@ -67,6 +75,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(HTTPStatus.OK, order.model_dump(mode="json"))
         else:
             self._reply(HTTPStatus.NOT_FOUND, {"error": "no such resource", "path": self.path})
+
+    def _customer_orders(self, values: list[str]) -> None:
+        if len(values) != 1:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": "give exactly one customer=<address>"})
+            return
+        try:
+            customer = parse_address(values[0], field="customer")
+        except AddressError as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        orders = [o for o in self.server.orders.values() if same_address(o.customer_email, customer)]
+        self._reply(
+            HTTPStatus.OK, {"customer": customer, "orders": [o.model_dump(mode="json") for o in orders]}
+        )
 
     def _reply(self, status: HTTPStatus, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()

@@ -2,7 +2,8 @@
 
 Modules: `events` (the e-mail, its steps' commands and results), `rules` (the process definition),
 `guard` (the draft checks), `money` (normaliser and money/commitment detector), `addresses`
-(parsed sender addresses), `approval_request` (the draft as an approval proposal), `publisher`
+(parsed sender addresses), `conversation` (bounded excerpts of e-mails and of the thread),
+`approval_request` (the draft as an approval proposal), `publisher`
 (the upstream API), `demo`, and `app` (the composition root). The step handlers and dev services
 are in `consumers/`.
 """

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from customer_email.events import Draft, Email, Order
+from customer_email.events import ConversationMessage, Draft, Email, Order
 from pm.events import ApprovalField, ApprovalRequestedPayload
 from pm.proposals import canonical_json, proposal_hash
 
@@ -33,6 +33,7 @@ def approval_payload(
     approval_id: str,
     policy_version: str,
     email: Email,
+    body_bytes: int | None = None,
     intent: str,
     risk: str,
     order: Order | None,
@@ -41,15 +42,29 @@ def approval_payload(
     reasons: list[str],
     requested_at: datetime,
     deadline: datetime,
+    candidates: list[str] | None = None,
+    history: list[ConversationMessage] | None = None,
 ) -> ApprovalRequestedPayload:
+    """The request. `body_bytes` (the whole body's size, when `email.body` is an excerpt), `candidates`
+    (the open orders a reply asks about) and `history` (earlier messages of the conversation) are shown
+    only when given, so requests without them read back unchanged."""
     proposal = canonical_json(draft)
     currency = order.currency if order is not None else ""
+    body = email.body
+    if body_bytes is not None:
+        body += f"\n[... cut: the first {len(email.body.encode('utf-8', 'replace'))} of {body_bytes} bytes]"
     display = [
         ("From", email.sender),
         ("Subject", email.subject),
         ("Intent / risk", f"{intent} / {risk}"),
-        ("E-mail", email.body),
+        ("E-mail", body),
     ]
+    for message in history or ():
+        who = "Customer" if message.role == "customer" else "Our reply"
+        text = message.excerpt + (" [...]" if message.truncated else "")
+        display.append((f"Earlier ({who}, {message.received_at.isoformat()})", f"{message.subject}\n{text}"))
+    if candidates:
+        display.append(("Open orders (none named)", ", ".join(candidates)))
     if order is not None:
         display.append(
             (

@@ -27,7 +27,9 @@ __all__ = [
     "STEPS",
     "MAX_CENTS",
     "Step",
+    "CLOSED_ORDER_STATUSES",
     "Email",
+    "ConversationMessage",
     "Order",
     "RefundPolicy",
     "Draft",
@@ -83,6 +85,23 @@ class Email(Model):
     labels: list[str] = Field(default_factory=list)
 
 
+class ConversationMessage(Model):
+    """One message of the conversation (the thread): the customer's e-mails and the replies sent."""
+
+    role: Literal["customer", "support"]
+    message_id: str
+    sender: str  # the parsed address (the customer's; for a reply, the address the customer wrote to)
+    subject: str
+    received_at: Timestamp  # when the e-mail was received, or the reply sent
+    excerpt: str  # the body, bounded (`customer_email.conversation.HISTORY_EXCERPT_BYTES`)
+    truncated: bool = False
+    episode: int = 1  # the episode of the process it belongs to (a reply) or opened / joined (an e-mail)
+
+
+# An order in one of these states is over: a customer asking about "my order" means another one.
+CLOSED_ORDER_STATUSES = frozenset({"delivered", "cancelled", "canceled", "refunded", "returned", "closed"})
+
+
 class Order(Model):
     order_id: str
     customer_email: str
@@ -94,6 +113,10 @@ class Order(Model):
     total_cents: int
     shipping_cost_cents: int
     currency: str = "USD"
+
+    def is_open(self) -> bool:
+        """Not delivered, cancelled, refunded, returned or closed: what "my order" can mean."""
+        return self.status.strip().lower() not in CLOSED_ORDER_STATUSES
 
 
 class RefundPolicy(Model):
@@ -133,11 +156,19 @@ class EmailReceived(Event):
 
 
 class ClassifyEmailPayload(CommandPayload):
+    # The e-mail with its body cut to an excerpt (`customer_email.conversation.BODY_EXCERPT_BYTES`: a
+    # model uses no more, and a command must fit in a record beside the journal entry embedding the
+    # input); `body_truncated` says it was cut, `body_bytes` how large (UTF-8) the whole body was.
     email: Email
+    body_truncated: bool = False
+    body_bytes: int | None = None
+    # Earlier messages of the conversation, oldest first (bounded excerpts): context, not the question.
+    history: list[ConversationMessage] = Field(default_factory=list)
 
 
 class FetchOrderPayload(CommandPayload):
-    order_id: str
+    order_id: str | None = None  # the order asked about; None: look up `customer`'s open orders
+    customer: str | None = None  # the parsed sender address whose open orders to look up
 
 
 class FetchRefundPolicyPayload(CommandPayload):
@@ -145,12 +176,17 @@ class FetchRefundPolicyPayload(CommandPayload):
 
 
 class DraftReplyPayload(CommandPayload):
-    email: Email
+    email: Email  # its body an excerpt, as in `ClassifyEmailPayload`
+    body_truncated: bool = False
+    body_bytes: int | None = None
     intent: str
     order: Order | None
     policy: RefundPolicy
     violations: list[str] = Field(default_factory=list)  # guard findings on the previous draft (repair)
     previous_draft: Draft | None = None
+    history: list[ConversationMessage] = Field(default_factory=list)  # earlier messages, oldest first
+    # No order named and several open orders of the sender: the reply asks which one (these IDs only).
+    candidate_orders: list[str] = Field(default_factory=list)
 
 
 class SendEmailPayload(CommandPayload):
@@ -163,7 +199,8 @@ class SendEmailPayload(CommandPayload):
 @event_type
 class ClassifyEmail(Command):
     TYPE = "ClassifyEmail"
-    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
+    # 2: Email gained `labels` (schemas/v1/); 3: the body excerpt fields and `history` (schemas/v2/)
+    SCHEMA_VERSION = 3
     STEP = Step.CLASSIFY
     payload: ClassifyEmailPayload
 
@@ -171,6 +208,7 @@ class ClassifyEmail(Command):
 @event_type
 class FetchOrder(Command):
     TYPE = "FetchOrder"
+    SCHEMA_VERSION = 2  # `order_id` optional, `customer` (schemas/v1/ keeps version 1)
     STEP = Step.FETCH_ORDER
     payload: FetchOrderPayload
 
@@ -185,7 +223,8 @@ class FetchRefundPolicy(Command):
 @event_type
 class DraftReply(Command):
     TYPE = "DraftReply"
-    SCHEMA_VERSION = 2  # Email gained `labels` (schemas/v1/ keeps version 1)
+    # 2: Email gained `labels` (schemas/v1/); 3: excerpt fields, `history`, `candidate_orders` (schemas/v2/)
+    SCHEMA_VERSION = 3
     STEP = Step.DRAFT_REPLY
     payload: DraftReplyPayload
 
@@ -206,9 +245,11 @@ class EmailClassifiedPayload(ResultPayload):
 
 
 class OrderFetchedPayload(ResultPayload):
-    order_id: str
+    order_id: str | None = None  # the order asked for (None for a lookup by customer)
     found: bool
     order: Order | None = None
+    customer: str | None = None  # the address looked up (a FetchOrder by customer)
+    orders: list[Order] = Field(default_factory=list)  # that customer's open orders (bounded)
 
 
 class RefundPolicyFetchedPayload(ResultPayload):
@@ -235,6 +276,7 @@ class EmailClassified(Result):
 @event_type
 class OrderFetched(Result):
     TYPE = "OrderFetched"
+    SCHEMA_VERSION = 2  # `order_id` optional, `customer`, `orders` (schemas/v1/ keeps version 1)
     payload: OrderFetchedPayload
 
 

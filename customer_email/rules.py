@@ -3,15 +3,25 @@
 Read top to bottom: budgets and timeouts, the state, then `decide`, one handler per input.
 
     EmailReceived      -> ClassifyEmail
-    EmailClassified    -> FetchOrder + FetchRefundPolicy together (fan out)
+    EmailClassified    -> FetchOrder + FetchRefundPolicy together (fan out); without an order ID,
+                          FetchOrder looks up the sender's open orders: one is used as if named,
+                          several get a reply asking which one, none escalates
     both fetched       -> DraftReply (fan in, either order)
     ReplyDrafted       -> guard: fails -> DraftReply again with the violations (MAX_REPAIRS), then escalate
                           passes -> approval needed? ApprovalRequested, wait : SendEmail
     ApprovalDecided    -> approve: SendEmail | reject: rejected | edit: guard, then SendEmail
     EmailSent          -> sent
 
+A conversation is one process (the correlation ID is the thread ID): a follow-up e-mail from the
+same sender joins it. While the process runs, the follow-up restarts the episode's work from
+classify with the new message (a pending approval is superseded, a new draft gets a new approval);
+while the reply is being sent, it waits for the send to end; after the process ended (sent,
+escalated, rejected, failed), it opens a new episode: status running again, the conversation so
+far as context, every rule and approval applied afresh. Command, approval and timer IDs keep
+counting across episodes, so nothing of an old episode answers or approves a new one.
+
 Escalation (terminal `escalated`, a human takes over) is the answer to everything the rules
-do not cover: unknown intent, no order ID, order not found, a step that fails for good or
+do not cover: unknown intent, no open order of the sender, order not found, a step that fails for good or
 times out past its retry budget, a draft that keeps failing the guard, an approval nobody
 gives in time, an e-mail that may or may not have been sent. Every loop has a budget.
 
@@ -27,15 +37,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from customer_email.addresses import AddressError, parse_address
+from customer_email.addresses import AddressError, parse_address, same_address
 from customer_email.approval_request import approval_payload, edited_draft
+from customer_email.conversation import (
+    MAX_SEEN_MESSAGES,
+    customer_message,
+    excerpt,
+    message_digest,
+    remember,
+    support_message,
+)
 from customer_email.events import (
     ClassifyEmail,
     ClassifyEmailPayload,
+    ConversationMessage,
     Draft,
     DraftReply,
     DraftReplyPayload,
@@ -56,7 +75,14 @@ from customer_email.events import (
     SendEmailPayload,
     Step,
 )
-from customer_email.guard import draft_hash, money_in_text, order_belongs_to, review_draft
+from customer_email.guard import (
+    GuardVerdict,
+    draft_hash,
+    money_in_text,
+    order_belongs_to,
+    review_draft,
+    review_question,
+)
 from pm.events import (
     ApprovalDecided,
     ApprovalReminder,
@@ -109,6 +135,9 @@ __all__ = [
     "UNRISKY",
     "SEND_UNCERTAIN",
     "SENT",
+    "SUPERSEDED",
+    "MAX_CANDIDATE_ORDERS",
+    "MAX_ORDER_ID_CHARS",
     "Budgets",
     "Stage",
     "Classification",
@@ -119,10 +148,14 @@ __all__ = [
     "reply_subject",
     "timeout_timer",
     "retry_timer",
+    "admission_problem",
+    "upcast_v1",
 ]
 
 NAME = "customer-email"
-VERSION = 1
+# 2: conversations (episode, conversation, next_email, seen_messages), the order lookup by sender
+# (candidates) and the e-mail kept as a bounded excerpt; `upcast_v1` reads version-1 states.
+VERSION = 2
 
 # ---------------------------------------------------------------- budgets (durable timers)
 
@@ -163,6 +196,10 @@ UNRISKY = frozenset({"low", "medium"})
 SEND_UNCERTAIN = "send uncertain: a human must check the mailbox"
 SENT = "sent"  # the outcome of a process whose reply went out
 MAX_HEADER_CHARS = 998  # RFC 5322 line limit: message IDs and the subject go into reply headers
+MAX_ORDER_ID_CHARS = 100  # an order ID (the e-mail's, the model's) longer than this is not one
+# No order named: the sender's open orders are looked up; with more than this many, a human answers.
+MAX_CANDIDATE_ORDERS = 10
+SUPERSEDED = "superseded"  # the decision of an approval a follow-up e-mail made moot
 
 Stage = Literal["received", "classifying", "fetching", "drafting", "awaiting_approval", "sending", "done"]
 
@@ -228,7 +265,21 @@ class EmailState(ProcessState):
     pending: dict[str, str] = Field(default_factory=dict)  # step -> command_id awaiting its result
     timers: dict[str, str] = Field(default_factory=dict)  # live timer_id -> name; anything else is stale
     approval: Approval | None = None
-    sent_message_id: str | None = None
+    # Version 2. `email.body` is an excerpt (`customer_email.conversation.excerpt`): the whole body's
+    # size (UTF-8 bytes) when it was cut, else None. The whole e-mail stays in the journal.
+    body_bytes: int | None = None
+    # No order named: the sender's open orders the reply asks about (each checked to be theirs).
+    candidates: list[str] = Field(default_factory=list)
+    episode: int = 1  # a follow-up after the end opens the next one
+    # The thread so far, oldest first, bounded (`customer_email.conversation`): the customer's e-mails
+    # and the replies sent. `email` is the one this episode answers (its latest message).
+    conversation: list[ConversationMessage] = Field(default_factory=list)
+    next_email: Email | None = None  # a follow-up that came while the reply was being sent: the next episode
+    next_body_bytes: int | None = None  # its whole body's size, when its body is an excerpt
+    seen_messages: list[str] = Field(default_factory=list)  # digests of the message IDs received (bounded)
+    approvals_requested: int = 0  # in the whole conversation: each approval's timers get their own IDs
+    last_order_id: str | None = None  # the order the conversation was last about (checked to be the sender's)
+    sent_message_id: str | None = None  # (last: `pm inspect` and `pm replay` end with it)
 
 
 # ---------------------------------------------------------------- IDs and helpers
@@ -245,6 +296,87 @@ def retry_timer(correlation_id: str, step: Step, attempt: int) -> str:
 
 def reply_subject(subject: str) -> str:
     return subject if subject[:3].lower() == "re:" else f"Re: {subject}"
+
+
+def _has_control(value: str) -> bool:
+    return any(ch < " " or ch == "\x7f" for ch in value)
+
+
+def _order_id_or_none(value: str | None) -> str | None:
+    """An order ID fit for a lookup and a reply; None for none, or for one no order ID looks like."""
+    if not value or len(value) > MAX_ORDER_ID_CHARS or _has_control(value):
+        return None
+    return value
+
+
+def _address_or(value: str) -> str:
+    """The parsed address, or the value as it is (a journal of an older build may hold one that does not parse)."""
+    try:
+        return parse_address(value)
+    except AddressError:
+        return value[:MAX_HEADER_CHARS]
+
+
+def admission_problem(event: EmailReceived) -> str | None:
+    """Why this e-mail must not open a process nor join one (hostile or malformed), or None."""
+    email = event.payload
+    # The thread (or, without one, the message) is the process: anything else splits or hijacks one.
+    if event.correlation_id not in (email.thread_id, email.message_id):
+        return (
+            f"correlation ID {shown(event.correlation_id)} is neither the e-mail's thread ID "
+            "nor its message ID"
+        )
+    # These become reply headers (In-Reply-To, Subject): refuse injection here, not at send time.
+    for name, value in (("message_id", email.message_id), ("thread_id", email.thread_id or ""),
+                        ("subject", email.subject)):  # fmt: skip
+        if len(value) > MAX_HEADER_CHARS or _has_control(value):
+            return f"{name} {shown(value)} has control characters or is over {MAX_HEADER_CHARS}"
+    if email.order_id is not None and _order_id_or_none(email.order_id) is None:
+        return f"order_id {shown(email.order_id)} is empty, has control characters or is over {MAX_ORDER_ID_CHARS}"
+    # The reply goes to the one parsed sender address; an e-mail without one never starts a process.
+    try:
+        parse_address(email.sender, field="sender")
+        parse_address(email.recipient, field="recipient")
+    except AddressError as exc:
+        return str(exc)
+    return None
+
+
+def _reminder_name(number: int) -> str:
+    """The reminder timer of the conversation's `number`th approval (timer IDs derive from the name)."""
+    return "approval-reminder" if number == 1 else f"approval-reminder:{number}"
+
+
+# What a new episode, or a follow-up that restarts one, starts from (the conversation, the attempt
+# counters, the approval count and a money repair carry over).
+_FRESH: Mapping[str, object] = {
+    "stage": "received",
+    "classification": None,
+    "order_id": None,
+    "order": None,
+    "candidates": [],
+    "policy": None,
+    "draft": None,
+    "violations": [],
+    "repairs": 0,
+    "retries": {},
+    "pending": {},
+    "next_email": None,
+    "next_body_bytes": None,
+}
+
+
+def upcast_v1(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A version-1 state (one e-mail, kept whole) as version 2: the e-mail as an excerpt, the conversation."""
+    state = dict(data)
+    email, size = excerpt(Email.model_validate(state["email"]))
+    state["email"] = email.model_dump(mode="json")
+    state["body_bytes"] = size
+    first = customer_message(email, _address_or(email.sender), 1, cut=size is not None)
+    state["conversation"] = [first.model_dump(mode="json")]
+    state["seen_messages"] = [message_digest(email.message_id)]
+    state["approvals_requested"] = 1 if state.get("approval") else 0
+    return state
 
 
 _RESULT_STEP: Mapping[type[Event], Step] = {
@@ -265,7 +397,7 @@ class CustomerEmailProcess:
     name = NAME
     version = VERSION
     state_type = EmailState
-    upcasters: Mapping[int, Upcaster] = {}
+    upcasters: Mapping[int, Upcaster] = {1: upcast_v1}
 
     def __init__(self, budgets: Budgets | None = None) -> None:
         self.budgets = budgets or Budgets()
@@ -277,47 +409,32 @@ class CustomerEmailProcess:
         """Refuse a hostile or malformed start event (`InvalidInput`: the runtime dead-letters it).
 
         Called on live input only: a journal folded later holds what an older build admitted, and
-        must rebuild as it was decided.
+        must rebuild as it was decided. The runtime calls it for a follow-up in the thread too (a
+        start-type input of a process that exists); `decide` checks a follow-up again, so a journal
+        of an older build that did not still refuses what it must.
         """
         if not isinstance(event, EmailReceived):
             raise InvalidInput(f"a {event.type} does not start {NAME}")
-        email = event.payload
-        # The thread (or, without one, the message) is the process: anything else splits or hijacks one.
-        if event.correlation_id not in (email.thread_id, email.message_id):
-            raise InvalidInput(
-                f"correlation ID {shown(event.correlation_id)} is neither the e-mail's thread ID "
-                "nor its message ID"
-            )
-        # These become reply headers (In-Reply-To, Subject): refuse injection here, not at send time.
-        for name, value in (("message_id", email.message_id), ("thread_id", email.thread_id or ""),
-                            ("subject", email.subject)):  # fmt: skip
-            if len(value) > MAX_HEADER_CHARS or any(ch < " " or ch == "\x7f" for ch in value):
-                raise InvalidInput(f"{name} {shown(value)} has control characters or is over {MAX_HEADER_CHARS}")
-        # The reply goes to the one parsed sender address; an e-mail without one never starts a process.
-        try:
-            parse_address(email.sender, field="sender")
-            parse_address(email.recipient, field="recipient")
-        except AddressError as exc:
-            raise InvalidInput(str(exc)) from exc
+        problem = admission_problem(event)
+        if problem is not None:
+            raise InvalidInput(problem)
 
     def initial_state(self, event: Event) -> EmailState:
         if not isinstance(event, EmailReceived):
             raise InvalidInput(f"a {event.type} does not start {NAME}")
-        return EmailState(correlation_id=event.correlation_id, email=Email.model_validate(event.payload.model_dump()))
+        email, size = excerpt(event.payload)
+        return EmailState(correlation_id=event.correlation_id, email=email, body_bytes=size)
 
     def decide(self, state: EmailState, event: Event, now: datetime) -> Decision[EmailState]:
         if isinstance(event, ApprovalDecided):
             return self._on_approval(state, event, now)
+        if isinstance(event, EmailReceived):
+            return self._on_email(state, event, now)
         if state.terminal:
             return Decision(state)  # late results, stale timers, anything: the process is over
         fx = Effects(event, now)
-        if isinstance(event, EmailReceived):
-            if state.stage != "received":
-                return Decision(state, rejection="e-mail already received for this process")
-            state = self._issue(state, Step.CLASSIFY, fx)
-            return fx.decision(state.model_copy(update={"stage": "classifying"}))
         if isinstance(event, TimerFired):
-            return fx.decision(self._on_timer(state, event, fx))
+            return fx.decision(self._after(self._on_timer(state, event, fx), fx))
         step = _result_step(event)
         if step is None and not isinstance(event, StepFailed):
             return Decision(state, rejection=f"{event.type} is not an input of {NAME}")
@@ -335,53 +452,202 @@ class CustomerEmailProcess:
         elif isinstance(event, ReplyDrafted):
             state = self._on_draft(state, event.payload.draft, fx)
         elif isinstance(event, EmailSent):
-            sent = event.payload.message_id
-            state = finish(state, SENT, None, fx, stage="done", sent_message_id=sent)
-        return fx.decision(state)
+            state = self._on_sent(state, event, fx)
+        return fx.decision(self._after(state, fx))
+
+    # ------------------------------------------------------------ the conversation
+
+    def _on_email(self, state: EmailState, event: EmailReceived, now: datetime) -> Decision[EmailState]:
+        """The e-mail that opened the process, or a follow-up in its thread."""
+        fx = Effects(event, now)
+        if not state.conversation and state.stage == "received" and event.payload.message_id == state.email.message_id:
+            state = self._remember(state, state.email, state.body_bytes, state.episode)
+            state = self._issue(state, Step.CLASSIFY, fx)
+            return fx.decision(state.model_copy(update={"stage": "classifying"}))
+        problem = self._follow_up_problem(state, event)
+        if problem is not None:
+            return Decision(state, rejection=problem)
+        email, size = excerpt(event.payload)
+        if not state.terminal and state.stage == "sending":
+            # The reply is going out (or may have): answer the follow-up in the next episode, once it ended.
+            state = self._remember(state, email, size, state.episode + 1)
+            return fx.decision(state.model_copy(update={"next_email": email, "next_body_bytes": size}))
+        if not state.terminal:
+            return fx.decision(self._restart(self._remember(state, email, size, state.episode), email, size, fx))
+        state = self._remember(state, email, size, state.episode + 1)
+        return fx.decision(self._open_episode(state, email, size, fx))
+
+    def _follow_up_problem(self, state: EmailState, event: EmailReceived) -> str | None:
+        """Why a follow-up may not join this conversation: the start checks, the sender, a repeat."""
+        p = event.payload
+        problem = admission_problem(event)
+        if problem is not None:
+            return f"follow-up refused: {problem}"
+        if message_digest(p.message_id) in state.seen_messages or p.message_id == state.email.message_id:
+            return f"e-mail {shown(p.message_id)} already received for this process"
+        # Anyone can write into a thread ID: only the conversation's sender joins it (the reply goes
+        # there anyway, to the parsed address; a spoofed From is upstream's to catch).
+        if not same_address(p.sender, state.email.sender):
+            return (
+                f"follow-up refused: sender {shown(p.sender)} is not the conversation's sender "
+                f"{_address_or(state.email.sender)}"
+            )
+        return None
+
+    def _remember(self, state: EmailState, email: Email, size: int | None, episode: int) -> EmailState:
+        message = customer_message(email, _address_or(email.sender), episode, cut=size is not None)
+        return state.model_copy(
+            update={
+                "conversation": remember(state.conversation, message),
+                "seen_messages": [*state.seen_messages, message_digest(email.message_id)][-MAX_SEEN_MESSAGES:],
+            }
+        )
+
+    def _restart(self, state: EmailState, email: Email, size: int | None, fx: Effects) -> EmailState:
+        """A follow-up while the process runs: the episode's work starts again from classify, with it.
+
+        Every pending step and timer is dropped (late answers are ignored: nothing is pending); a
+        pending approval is superseded (its decision is refused), the draft is made anew and, if the
+        rules say so, approved anew under a new approval ID.
+        """
+        state = cancel_timers(state, fx)
+        approval = state.approval
+        if approval is not None and approval.decision is None:
+            approval = approval.model_copy(update={"decision": SUPERSEDED})
+        state = state.model_copy(
+            update={**_FRESH, "email": email, "body_bytes": size, "approval": approval, "status": Status.RUNNING}
+        )
+        return self._issue(state, Step.CLASSIFY, fx).model_copy(update={"stage": "classifying"})
+
+    def _open_episode(self, state: EmailState, email: Email, size: int | None, fx: Effects) -> EmailState:
+        """A follow-up after the end: the next episode, the conversation so far as its context.
+
+        A terminal process has no timers left (the runtime drops them), and nothing of the old episode
+        carries over but the conversation, the counters (IDs stay unique) and a money repair.
+        """
+        state = state.model_copy(
+            update={
+                **_FRESH,
+                "email": email,
+                "body_bytes": size,
+                "approval": None,
+                "status": Status.RUNNING,
+                "reason": None,
+                "sent_message_id": None,
+                "timers": {},
+                "episode": state.episode + 1,
+            }
+        )
+        return self._issue(state, Step.CLASSIFY, fx).model_copy(update={"stage": "classifying"})
+
+    def _after(self, state: EmailState, fx: Effects) -> EmailState:
+        """An episode that just ended with a follow-up waiting: the next episode starts now."""
+        if state.terminal and state.next_email is not None:
+            return self._open_episode(state, state.next_email, state.next_body_bytes, fx)
+        return state
+
+    def _on_sent(self, state: EmailState, event: EmailSent, fx: Effects) -> EmailState:
+        sent = event.payload.message_id
+        state = finish(state, SENT, None, fx, stage="done", sent_message_id=sent)
+        if state.draft is None:
+            return state
+        reply = support_message(
+            sent,
+            _address_or(state.email.recipient),
+            reply_subject(state.email.subject),
+            state.draft.body,
+            fx.now,
+            state.episode,
+        )
+        return state.model_copy(
+            update={
+                "conversation": remember(state.conversation, reply),
+                "seen_messages": [*state.seen_messages, message_digest(sent)][-MAX_SEEN_MESSAGES:],
+            }
+        )
 
     # ------------------------------------------------------------ step results
 
     def _on_classified(self, state: EmailState, event: EmailClassified, fx: Effects) -> EmailState:
         p = event.payload
+        found = _order_id_or_none(p.order_id)  # model output: an "order ID" no order ID looks like is none
         state = state.model_copy(
             update={
                 "classification": Classification(
-                    intent=p.intent, risk=p.risk, order_id=p.order_id, confidence=p.confidence
+                    intent=p.intent, risk=p.risk, order_id=found, confidence=p.confidence
                 ),
-                # The e-mail's structured order_id (set upstream) beats the model's extraction.
-                "order_id": state.email.order_id or p.order_id,
+                # The e-mail's structured order_id (set upstream) beats the model's extraction; a
+                # follow-up naming none is about the conversation's order.
+                "order_id": state.email.order_id or found or state.last_order_id,
             }
         )
         if p.intent not in KNOWN_INTENTS:
-            return _escalate(state, f"intent {p.intent!r} is not handled automatically", fx)
-        # Every reply quotes an order (the guard checks it): without an order ID a human answers.
-        if state.order_id is None:
-            return _escalate(state, "no order ID in the e-mail or its classification", fx)
+            return _escalate(state, f"intent {shown(p.intent)} is not handled automatically", fx)
+        # Without an order ID, fetch-order looks up the sender's open orders (see `_on_orders`).
         state = self._issue(state, Step.FETCH_ORDER, fx)
         state = self._issue(state, Step.FETCH_REFUND_POLICY, fx)
         return state.model_copy(update={"stage": "fetching"})
 
     def _on_order(self, state: EmailState, event: OrderFetched, fx: Effects) -> EmailState:
         p = event.payload
+        if state.order_id is None:  # the command looked up the sender's orders (whatever the answer claims)
+            return self._on_orders(state, p.orders, fx)
         if not p.found or p.order is None:
-            return _escalate(state, f"order {p.order_id} not found", fx)
+            return _escalate(state, f"order {state.order_id} not found", fx)
         if not order_belongs_to(p.order, state.email):
             # A mistyped or hallucinated order ID must not put someone else's order in the reply.
-            return _escalate(state, f"order {p.order_id} belongs to another customer", fx)
-        return self._maybe_draft(state.model_copy(update={"order": p.order}), fx)
+            return _escalate(state, f"order {state.order_id} belongs to another customer", fx)
+        return self._maybe_draft(state.model_copy(update={"order": p.order, "last_order_id": state.order_id}), fx)
+
+    def _on_orders(self, state: EmailState, orders: list[Order], fx: Effects) -> EmailState:
+        """No order named: the sender's open orders. One is used as if named; several, the reply asks.
+
+        Only orders of the parsed sender count, whatever the service returned: a reply never names
+        another customer's order (and the guard refuses any order ID but these in its text).
+        """
+        mine: dict[str, Order] = {}
+        for order in orders:
+            if order.is_open() and order_belongs_to(order, state.email) and _order_id_or_none(order.order_id):
+                mine.setdefault(order.order_id, order)
+        if not mine:
+            return _escalate(state, "no order ID in the e-mail, and the sender has no open order", fx)
+        if len(mine) > MAX_CANDIDATE_ORDERS:
+            return _escalate(
+                state, f"no order ID in the e-mail, and the sender has {len(mine)} open orders", fx
+            )
+        if len(mine) == 1:
+            (order,) = mine.values()
+            update = {"order_id": order.order_id, "order": order, "last_order_id": order.order_id}
+            return self._maybe_draft(state.model_copy(update=update), fx)
+        return self._maybe_draft(state.model_copy(update={"candidates": list(mine)}), fx)
 
     def _on_policy(self, state: EmailState, event: RefundPolicyFetched, fx: Effects) -> EmailState:
         return self._maybe_draft(state.model_copy(update={"policy": event.payload.policy}), fx)
 
     def _maybe_draft(self, state: EmailState, fx: Effects) -> EmailState:
-        """Fan in: draft once both the order and the policy are in, whichever came last."""
-        if not all_in(state.order, state.policy):
+        """Fan in: draft once the order (or the open orders to ask about) and the policy are in."""
+        if not all_in(state.order or state.candidates or None, state.policy):
             return state
         return self._issue(state.model_copy(update={"stage": "drafting"}), Step.DRAFT_REPLY, fx)
 
+    def _review(self, state: EmailState, draft: Draft) -> GuardVerdict:
+        """The guard on a draft: against the order, or (none named, several open) the orders to ask about.
+
+        It runs on what the model was shown: the e-mail's excerpt and the conversation's excerpts (the
+        words of a reply we sent do not count as the customer's when their e-mail quotes them).
+        """
+        history = _history(state)
+        earlier = [f"{m.subject}\n{m.excerpt}" for m in history if m.role == "customer"]
+        ours = [m.excerpt for m in history if m.role == "support"]  # a follow-up may quote our reply
+        if state.order is not None:
+            assert state.policy is not None
+            return review_draft(
+                draft, order=state.order, policy=state.policy, email=state.email, history=earlier, replies=ours
+            )
+        return review_question(draft, candidates=state.candidates, email=state.email, history=earlier, replies=ours)
+
     def _on_draft(self, state: EmailState, draft: Draft, fx: Effects) -> EmailState:
-        assert state.order is not None and state.policy is not None
-        verdict = review_draft(draft, order=state.order, policy=state.policy, email=state.email)
+        verdict = self._review(state, draft)
         violations = verdict.violations
         state = state.model_copy(
             update={
@@ -465,6 +731,7 @@ class CustomerEmailProcess:
                     approval_id=approval.approval_id,
                     policy_version=approval.policy_version,
                     email=state.email,
+                    body_bytes=state.body_bytes,
                     intent=state.classification.intent,
                     risk=state.classification.risk,
                     order=state.order,
@@ -473,11 +740,19 @@ class CustomerEmailProcess:
                     reasons=reasons,
                     requested_at=approval.requested_at,
                     deadline=approval.deadline,
+                    candidates=list(state.candidates),
+                    history=_history(state),
                 ),
             )
         )
+        number = state.approvals_requested + 1
         state = state.model_copy(
-            update={"approval": approval, "status": Status.WAITING_FOR_APPROVAL, "stage": "awaiting_approval"}
+            update={
+                "approval": approval,
+                "status": Status.WAITING_FOR_APPROVAL,
+                "stage": "awaiting_approval",
+                "approvals_requested": number,
+            }
         )
         return await_deadline(
             state,
@@ -485,7 +760,7 @@ class CustomerEmailProcess:
             attempt,
             approval.deadline,
             fx,
-            reminder_name="approval-reminder",
+            reminder_name=_reminder_name(number),
             every=self.budgets.approval_reminder,
         )
 
@@ -503,6 +778,8 @@ class CustomerEmailProcess:
             return refuse("not waiting for approval: no approval was requested")
         if p.approval_id != approval.approval_id:
             return refuse(f"unknown approval_id {p.approval_id} (pending: {approval.approval_id})")
+        if approval.decision == SUPERSEDED:
+            return refuse("superseded: a follow-up e-mail came, the reply is drafted again (and approved anew)")
         if approval.decision is not None:
             return refuse(f"duplicate: approval already decided ({approval.decision} by {approval.reviewer})")
         if state.terminal:
@@ -518,8 +795,8 @@ class CustomerEmailProcess:
         if p.policy_version != approval.policy_version:
             return refuse(f"policy version mismatch: {p.policy_version} != {approval.policy_version}")
 
-        draft, order, policy = state.draft, state.order, state.policy
-        assert draft is not None and order is not None and policy is not None
+        draft = state.draft
+        assert draft is not None
         if p.decision == "edit":
             if not p.edited_body:
                 return refuse("edit without an edited body")
@@ -529,7 +806,7 @@ class CustomerEmailProcess:
                 draft = edited_draft(draft, p.edited_body, p.edited_fields)
             except ValueError as exc:
                 return refuse(f"edit refused: {exc}")
-            violations = review_draft(draft, order=order, policy=policy, email=state.email).violations
+            violations = self._review(state, draft).violations
             if violations:
                 return refuse(f"edited reply fails the guard: {'; '.join(violations)}")
         fx = Effects(event, now)
@@ -541,7 +818,8 @@ class CustomerEmailProcess:
             reason = f"rejected by {p.reviewer}: {p.reason or 'no reason given'}"
             return fx.decision(finish(after, Status.REJECTED, reason, fx, stage="done"))
         after = after.model_copy(update={"draft": draft, "status": Status.RUNNING})
-        after = cancel_timers(after, fx, names=("approval-deadline", "approval-reminder"))
+        waiting = tuple(n for n in after.timers.values() if parse_timer(n)[0] in ("approval-deadline", "approval-reminder"))
+        after = cancel_timers(after, fx, names=waiting)
         return fx.decision(self._send(after, fx))
 
     # ------------------------------------------------------------ timers
@@ -558,7 +836,7 @@ class CustomerEmailProcess:
         if kind == RETRY:
             return self._issue(state, Step(step_name), fx)
         if kind == "approval-reminder":
-            return self._remind(state, p.due_at, fx)
+            return self._remind(state, p.name, p.due_at, fx)
         if kind == "approval-deadline":
             assert state.approval is not None
             return _escalate(state, f"no approval decision by {state.approval.deadline.isoformat()}", fx)
@@ -571,10 +849,12 @@ class CustomerEmailProcess:
             return _escalate(state, f"{step} timed out: {SEND_UNCERTAIN}", fx)
         retried = spend_retry(state, step, self.budgets.max_retries[step])
         if retried is None:
-            return _escalate(state, f"{step} timed out after {state.attempts[step]} attempts", fx)
+            # Attempts in this episode (the counter keeps going across episodes, for unique command IDs).
+            attempts = 1 + state.retries.get(step, 0) + (state.repairs if step is Step.DRAFT_REPLY else 0)
+            return _escalate(state, f"{step} timed out after {attempts} attempts", fx)
         return self._issue(retried, step, fx)
 
-    def _remind(self, state: EmailState, due_at: datetime, fx: Effects) -> EmailState:
+    def _remind(self, state: EmailState, name: str, due_at: datetime, fx: Effects) -> EmailState:
         approval = state.approval
         assert approval is not None
         n = approval.reminders + 1
@@ -591,7 +871,7 @@ class CustomerEmailProcess:
         )
         state = state.model_copy(update={"approval": approval.model_copy(update={"reminders": n})})
         next_due = due_at + self.budgets.approval_reminder
-        return set_reminder(state, "approval-reminder", n + 1, next_due, approval.deadline, fx)
+        return set_reminder(state, name, n + 1, next_due, approval.deadline, fx)
 
     # ------------------------------------------------------------ commands
 
@@ -611,13 +891,24 @@ def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: Effec
     env = fx.envelope(cmd_id)
     if step is Step.CLASSIFY:
         return ClassifyEmail(
-            **env, payload=ClassifyEmailPayload(command_id=cmd_id, attempt=attempt, email=state.email)
+            **env,
+            payload=ClassifyEmailPayload(
+                command_id=cmd_id,
+                attempt=attempt,
+                email=state.email,
+                body_truncated=state.body_bytes is not None,
+                body_bytes=state.body_bytes,
+                history=_history(state),
+            ),
         )
     if step is Step.FETCH_ORDER:
-        assert state.order_id is not None
-        return FetchOrder(
-            **env, payload=FetchOrderPayload(command_id=cmd_id, attempt=attempt, order_id=state.order_id)
-        )
+        if state.order_id is None:  # none named: the sender's open orders, by the one parsed address
+            lookup = FetchOrderPayload(
+                command_id=cmd_id, attempt=attempt, customer=parse_address(state.email.sender, field="sender")
+            )
+        else:
+            lookup = FetchOrderPayload(command_id=cmd_id, attempt=attempt, order_id=state.order_id)
+        return FetchOrder(**env, payload=lookup)
     assert state.classification is not None
     if step is Step.FETCH_REFUND_POLICY:
         return FetchRefundPolicy(
@@ -634,11 +925,15 @@ def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: Effec
                 command_id=cmd_id,
                 attempt=attempt,
                 email=state.email,
+                body_truncated=state.body_bytes is not None,
+                body_bytes=state.body_bytes,
                 intent=state.classification.intent,
                 order=state.order,
                 policy=state.policy,
                 violations=list(state.violations),
                 previous_draft=state.draft if state.violations else None,
+                history=_history(state),
+                candidate_orders=list(state.candidates),
             ),
         )
     assert state.draft is not None
@@ -653,6 +948,12 @@ def _command(state: EmailState, step: Step, cmd_id: str, attempt: int, fx: Effec
             in_reply_to=state.email.message_id,
         ),
     )
+
+
+def _history(state: EmailState) -> list[ConversationMessage]:
+    """The conversation before the e-mail this episode answers (the context a step gets), oldest first."""
+    current = state.email.message_id
+    return [m for m in state.conversation if not (m.role == "customer" and m.message_id == current)]
 
 
 def _result_step(event: Event) -> Step | None:

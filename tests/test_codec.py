@@ -44,6 +44,7 @@ from pm.events import (
     Event,
     JournalEntry,
     LlmCall,
+    OperatorCommand,
     StepFailed,
     TimerCancelled,
     TimerFired,
@@ -251,6 +252,10 @@ def sample_events() -> list[Event]:
         TimerScheduled(**_envelope("ts", 15), payload=timer),
         TimerCancelled(**_envelope("tc", 16), payload=timer),
         TimerFired(**_envelope("tf", 17), payload=timer),
+        OperatorCommand(
+            **_envelope("oc", 20),
+            payload={"action": "release", "operator": "ops-émile", "note": "ACL of cmd.send-email fixed"},
+        ),
         JournalEntry(
             **_envelope("je", 18),
             payload={

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,11 +11,11 @@ from consumer_kit import Reader, fetch_order, fetch_policy, produce, running
 
 from consumers import load_handler
 from consumers.fetch_refund_policy import DEFAULT_POLICY_FILE, PolicyFileError, load_policies
-from consumers.order_service import OrderService
-from customer_email.events import OrderFetched, RefundPolicyFetched
+from consumers.order_service import OrderService, load_orders
+from customer_email.events import FetchOrder, FetchOrderPayload, OrderFetched, RefundPolicyFetched
 from pm.broker import free_port
 from pm.config import Config
-from pm.events import StepFailed
+from pm.events import StepFailed, command_id, derive_id
 from pm.steps.consumer import RetryPolicy, StepConsumer
 
 
@@ -63,3 +64,36 @@ def test_policy_file_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(PolicyFileError, match="default"):
         load_policies(bad)
     assert load_policies(DEFAULT_POLICY_FILE).default_category == "default"
+
+
+def test_fetch_order_by_customer_passes_on_only_their_open_orders(topics: Config) -> None:
+    orders = load_orders()
+    jane = orders["A-1001"]
+    extra = {
+        "A-2001": jane.model_copy(update={"order_id": "A-2001", "status": "delivered"}),  # closed
+        "A-2002": jane.model_copy(update={"order_id": "A-2002", "status": "processing"}),
+    }
+
+    def by_customer(customer: str) -> FetchOrder:
+        corr = f"c-{uuid.uuid4().hex[:8]}"
+        cid = command_id(corr, "fetch-order", 1)
+        return FetchOrder(
+            event_id=derive_id(cid, "event"), correlation_id=corr, occurred_at=datetime.now(UTC),
+            payload=FetchOrderPayload(command_id=cid, attempt=1, customer=customer),
+        )  # fmt: skip
+
+    reader = Reader(topics)
+    with OrderService(port=0, orders={**orders, **extra}) as service:
+        config = topics.with_settings(order_service_url=service.url)
+        mine, nobody, bad = by_customer("Jane Doe <jane@example.com>"), by_customer("x@nowhere.example"), by_customer("a@x, b@y")
+        with running(StepConsumer(config, load_handler("fetch-order", config))):
+            produce(config, mine, nobody, bad)
+            results = {r.causation_id: r for r in reader.take(3)}
+    found = results[mine.event_id]
+    assert isinstance(found, OrderFetched) and found.payload.customer == "jane@example.com"
+    assert [o.order_id for o in found.payload.orders] == ["A-1001", "A-2002"] and found.payload.found
+    assert found.payload.order_id is None and found.payload.order is None
+    empty = results[nobody.event_id]
+    assert isinstance(empty, OrderFetched) and empty.payload.orders == [] and not empty.payload.found
+    refused = results[bad.event_id]
+    assert isinstance(refused, StepFailed) and not refused.payload.retryable and "customer" in refused.payload.reason

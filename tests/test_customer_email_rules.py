@@ -40,6 +40,7 @@ from customer_email.rules import (
     CustomerEmailProcess,
     EmailState,
     timeout_timer,
+    upcast_v1,
 )
 from pm.events import (
     ApprovalDecided,
@@ -201,6 +202,41 @@ class Run:
         payload = {"order_id": "A1001", "found": order is not None, "order": order}
         return self.result(OrderFetched, Step.FETCH_ORDER, payload, **kw)
 
+    def orders(self, orders: list[Order], **kw: Any) -> Decision[EmailState]:
+        """The answer to a lookup of the sender's open orders (no order ID was named)."""
+        payload = {"found": bool(orders), "customer": CUSTOMER, "orders": orders}
+        return self.result(OrderFetched, Step.FETCH_ORDER, payload, **kw)
+
+    def follow_up(
+        self,
+        n: int,
+        *,
+        sender: str = f"Jane Doe <{CUSTOMER}>",
+        body: str = "Any news? I still have not received it.",
+        subject: str = "Re: Where is my order?",
+        order_id: str | None = None,
+        minutes: float = 30,
+    ) -> Decision[EmailState]:
+        """E-mail number `n` of the thread (the first is `receive`), from `sender`."""
+        at = self.at(minutes)
+        return self.feed(
+            EmailReceived(
+                event_id=f"email-{n}",
+                correlation_id=CID,
+                occurred_at=at,
+                payload=EmailReceivedPayload(
+                    message_id=f"<msg-{n}@mail.example.com>",
+                    thread_id=CID,
+                    sender=sender,
+                    recipient=SUPPORT,
+                    subject=subject,
+                    body=body,
+                    received_at=at,
+                    order_id=order_id,
+                ),
+            )
+        )
+
     def policy(self, policy: RefundPolicy = DELIVERY_POLICY, **kw: Any) -> Decision[EmailState]:
         return self.result(RefundPolicyFetched, Step.FETCH_REFUND_POLICY, {"policy": policy}, **kw)
 
@@ -298,8 +334,8 @@ def assert_ignored(before: EmailState, decision: Decision[EmailState]) -> None:
 
 
 def test_definition_contract() -> None:
-    assert CUSTOMER_EMAIL.name == "customer-email" and CUSTOMER_EMAIL.version == 1
-    assert CUSTOMER_EMAIL.state_type is EmailState and dict(CUSTOMER_EMAIL.upcasters) == {}
+    assert CUSTOMER_EMAIL.name == "customer-email" and CUSTOMER_EMAIL.version == 2
+    assert CUSTOMER_EMAIL.state_type is EmailState and dict(CUSTOMER_EMAIL.upcasters) == {1: upcast_v1}
     assert DEFINITIONS == (CUSTOMER_EMAIL,) and definition("customer-email") is CUSTOMER_EMAIL
     fired = TimerFired(
         event_id="x",
@@ -444,7 +480,7 @@ def test_order_id_from_the_classification_when_the_email_has_none() -> None:
     [
         (lambda r: (r.receive(), r.classified("other")), "intent 'other' is not handled automatically"),
         (lambda r: (r.receive(), r.classified("cancel_subscription")), "intent 'cancel_subscription'"),
-        (lambda r: (r.receive(order_id=None), r.classified()), "no order ID"),
+        (lambda r: (r.receive(order_id=None), r.classified(), r.orders([])), "sender has no open order"),
         (lambda r: (r.receive(), r.classified(), r.order(None)), "order A1001 not found"),
         (
             lambda r: (
@@ -662,7 +698,7 @@ def test_duplicate_email_received_is_rejected() -> None:
     run.receive()
     before = run.s
     d = run.receive()
-    assert d.rejection == "e-mail already received for this process" and d.state == before
+    assert d.rejection == f"e-mail {CID!r} already received for this process" and d.state == before
 
 
 # ---------------------------------------------------------------- approvals
@@ -853,4 +889,5 @@ def test_inputs_that_are_not_part_of_the_process() -> None:
     assert run.s is before
     run.classified("other")
     ended = run.s
-    assert_ignored(ended, run.receive())  # the process is over: even a re-sent e-mail changes nothing
+    d = run.receive()  # the process is over: the same e-mail again changes nothing (a new one would)
+    assert d.rejection == f"e-mail {CID!r} already received for this process" and d.state is ended

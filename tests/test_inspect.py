@@ -25,7 +25,7 @@ def test_inspect_json_contract(journal: Journal, capsys: pytest.CaptureFixture[s
     data = json.loads(out)  # exactly one object
     assert data["correlation_id"] == cid
     assert data["status"] == "sent"
-    assert data["process"] == "customer-email" and data["version"] == 1
+    assert data["process"] == "customer-email" and data["version"] == 2
     assert data["state"]["approval"]["decision"] == "approve"
     events = data["events"]
     for row in events:

@@ -29,6 +29,7 @@ from consumers.rate_limit import RateLimiter
 from customer_email.events import (
     ClassifyEmail,
     ClassifyEmailPayload,
+    ConversationMessage,
     DraftReply,
     DraftReplyPayload,
     Email,
@@ -37,7 +38,7 @@ from customer_email.events import (
     RefundPolicy,
     ReplyDrafted,
 )
-from customer_email.guard import check_draft
+from customer_email.guard import check_draft, review_question
 from pm.config import Config
 from pm.events import StepFailed, command_id
 from pm.steps.handler import PermanentError, TransientError
@@ -572,3 +573,46 @@ def test_classify_end_to_end_through_kafka(topics: Config) -> None:
         garbled.payload.llm is not None
         and garbled.payload.llm.raw_output == "I think this is a refund request"
     )
+
+
+# ---------------------------------------------------------------- excerpts, conversations, open orders
+
+HISTORY = [
+    ConversationMessage(
+        role="customer", message_id="<m0@x>", sender="jane@example.com", subject="Where is my parcel?",
+        received_at=NOW, excerpt="Hi, order A-1001 hasn't arrived yet.", episode=1,
+    ),
+    ConversationMessage(
+        role="support", message_id="<r0@pm.local>", sender="support@shop.example", subject="Re: Where is my parcel?",
+        received_at=NOW, excerpt="Order A-1001 was shipped with DHL.", truncated=True, episode=1,
+    ),
+]  # fmt: skip
+
+
+def test_prompts_say_the_body_is_cut_and_carry_the_conversation() -> None:
+    cut = make_email(body="x" * 100)
+    payload = ClassifyEmailPayload(
+        command_id="c", attempt=1, email=cut, body_truncated=True, body_bytes=700_000, history=HISTORY
+    )
+    user = classify.classify_messages(payload)[1]["content"]
+    assert "only its first 100 of 700000 bytes are shown" in user
+    assert user.index("Earlier in this conversation") < user.index("Hi, order A-1001") < user.index("The latest e-mail")
+    assert "Our reply" in user and "[...]" in user
+    assert classify.classify_messages(make_email())[1]["content"] == classify.classify_messages(
+        ClassifyEmailPayload(command_id="c", attempt=1, email=make_email())
+    )[1]["content"]  # without history or a cut, the prompt is what it always was
+    draft = draft_command().payload.model_copy(update={"body_truncated": True, "body_bytes": 9_000, "history": HISTORY})
+    facts = json.loads(draft_reply.draft_messages(draft)[1]["content"].split("Facts:\n", 1)[1])
+    assert facts["email"]["body_cut"].endswith("of 9000 bytes")
+    assert [m["from"] for m in facts["conversation"]] == ["customer", "support (our reply)"]
+
+
+def test_offline_question_lists_the_open_orders_and_passes_its_guard() -> None:
+    payload = draft_command(intent="delivery_status", order=None, policy=NO_REFUND_POLICY).payload.model_copy(
+        update={"candidate_orders": ["A-2001", "A-2002"]}
+    )
+    facts = json.loads(draft_reply.draft_messages(payload)[1]["content"].split("Facts:\n", 1)[1])
+    assert facts["order"] is None and facts["orders_to_ask_about"] == ["A-2001", "A-2002"]
+    draft = offline_draft(payload)
+    assert draft.order_id is None and draft.refund_cents == 0 and draft.promises == []
+    assert review_question(draft, candidates=["A-2001", "A-2002"], email=payload.email).violations == []

@@ -2,16 +2,17 @@
 
 The producers keep librdkafka's default `message.max.bytes` (1,000,000, Apache Kafka's), so a
 journal entry that embeds a large e-mail twice (the input and the classify command) would be refused
-by the client exactly as by Kafka; before, the batch aborted and retried forever.
+by the client exactly as by Kafka; before, the batch aborted and retried forever. The mini process
+copies the whole e-mail into its command (the customer-email app sends a bounded excerpt, so a
+large e-mail no longer makes its outputs too large: tests/test_conversation_large_email.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from test_runtime_support import PmThread, email, publish, read_topic, wait_until
+from test_runtime_support import MINI, PmThread, email, publish, read_topic, wait_until
 
-from customer_email import CUSTOMER_EMAIL
 from pm.codec import decode, encode
 from pm.commands.processes import list_processes
 from pm.config import Config
@@ -33,7 +34,7 @@ def test_large_inputs_and_outputs_fail_alone_and_the_partition_flows(topics: Con
     assert producer.flush(10) == 0
     # Fits as an input, but the journal entry (input + command, both with the body) would not.
     publish(topics, [_big(large, 600_000), email(normal)])
-    with PmThread(topics, definitions=[CUSTOMER_EMAIL], verifier=lambda event: None):
+    with PmThread(topics, definitions=[MINI], verifier=lambda event: None):
         def statuses() -> dict[str, str]:
             return {r["correlation_id"]: r["status"] for r in list_processes(topics)}
 

@@ -150,6 +150,16 @@ class InputHandler:
         else:
             assert definition is not None
             state = before.state
+            # A start-type input for a process that exists (a follow-up in a conversation) passes
+            # the same live admission checks as the one that opened it.
+            admit = getattr(definition, "admit", None)
+            if admit is not None and definition.starts(event):
+                try:
+                    admit(event)
+                except InvalidInput as exc:
+                    batch.consumed(physical, partition, offset)
+                    self._dlq(checkpoint, message, f"{definition.name}: {exc}", "InvalidInput")
+                    return
         position = (physical, partition, offset)
         batch.consumed(physical, partition, offset)
         dead = self.isolation.dead.get(position)
