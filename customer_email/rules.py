@@ -460,7 +460,11 @@ class CustomerEmailProcess:
     def _on_email(self, state: EmailState, event: EmailReceived, now: datetime) -> Decision[EmailState]:
         """The e-mail that opened the process, or a follow-up in its thread."""
         fx = Effects(event, now)
-        if not state.conversation and state.stage == "received" and event.payload.message_id == state.email.message_id:
+        if (
+            not state.conversation
+            and state.stage == "received"
+            and event.payload.message_id == state.email.message_id
+        ):
             state = self._remember(state, state.email, state.body_bytes, state.episode)
             state = self._issue(state, Step.CLASSIFY, fx)
             return fx.decision(state.model_copy(update={"stage": "classifying"}))
@@ -473,7 +477,9 @@ class CustomerEmailProcess:
             state = self._remember(state, email, size, state.episode + 1)
             return fx.decision(state.model_copy(update={"next_email": email, "next_body_bytes": size}))
         if not state.terminal:
-            return fx.decision(self._restart(self._remember(state, email, size, state.episode), email, size, fx))
+            return fx.decision(
+                self._restart(self._remember(state, email, size, state.episode), email, size, fx)
+            )
         state = self._remember(state, email, size, state.episode + 1)
         return fx.decision(self._open_episode(state, email, size, fx))
 
@@ -499,7 +505,9 @@ class CustomerEmailProcess:
         return state.model_copy(
             update={
                 "conversation": remember(state.conversation, message),
-                "seen_messages": [*state.seen_messages, message_digest(email.message_id)][-MAX_SEEN_MESSAGES:],
+                "seen_messages": [*state.seen_messages, message_digest(email.message_id)][
+                    -MAX_SEEN_MESSAGES:
+                ],
             }
         )
 
@@ -515,7 +523,13 @@ class CustomerEmailProcess:
         if approval is not None and approval.decision is None:
             approval = approval.model_copy(update={"decision": SUPERSEDED})
         state = state.model_copy(
-            update={**_FRESH, "email": email, "body_bytes": size, "approval": approval, "status": Status.RUNNING}
+            update={
+                **_FRESH,
+                "email": email,
+                "body_bytes": size,
+                "approval": approval,
+                "status": Status.RUNNING,
+            }
         )
         return self._issue(state, Step.CLASSIFY, fx).model_copy(update={"stage": "classifying"})
 
@@ -597,7 +611,9 @@ class CustomerEmailProcess:
         if not order_belongs_to(p.order, state.email):
             # A mistyped or hallucinated order ID must not put someone else's order in the reply.
             return _escalate(state, f"order {state.order_id} belongs to another customer", fx)
-        return self._maybe_draft(state.model_copy(update={"order": p.order, "last_order_id": state.order_id}), fx)
+        return self._maybe_draft(
+            state.model_copy(update={"order": p.order, "last_order_id": state.order_id}), fx
+        )
 
     def _on_orders(self, state: EmailState, orders: list[Order], fx: Effects) -> EmailState:
         """No order named: the sender's open orders. One is used as if named; several, the reply asks.
@@ -642,9 +658,16 @@ class CustomerEmailProcess:
         if state.order is not None:
             assert state.policy is not None
             return review_draft(
-                draft, order=state.order, policy=state.policy, email=state.email, history=earlier, replies=ours
+                draft,
+                order=state.order,
+                policy=state.policy,
+                email=state.email,
+                history=earlier,
+                replies=ours,
             )
-        return review_question(draft, candidates=state.candidates, email=state.email, history=earlier, replies=ours)
+        return review_question(
+            draft, candidates=state.candidates, email=state.email, history=earlier, replies=ours
+        )
 
     def _on_draft(self, state: EmailState, draft: Draft, fx: Effects) -> EmailState:
         verdict = self._review(state, draft)
@@ -779,7 +802,9 @@ class CustomerEmailProcess:
         if p.approval_id != approval.approval_id:
             return refuse(f"unknown approval_id {p.approval_id} (pending: {approval.approval_id})")
         if approval.decision == SUPERSEDED:
-            return refuse("superseded: a follow-up e-mail came, the reply is drafted again (and approved anew)")
+            return refuse(
+                "superseded: a follow-up e-mail came, the reply is drafted again (and approved anew)"
+            )
         if approval.decision is not None:
             return refuse(f"duplicate: approval already decided ({approval.decision} by {approval.reviewer})")
         if state.terminal:
@@ -818,7 +843,11 @@ class CustomerEmailProcess:
             reason = f"rejected by {p.reviewer}: {p.reason or 'no reason given'}"
             return fx.decision(finish(after, Status.REJECTED, reason, fx, stage="done"))
         after = after.model_copy(update={"draft": draft, "status": Status.RUNNING})
-        waiting = tuple(n for n in after.timers.values() if parse_timer(n)[0] in ("approval-deadline", "approval-reminder"))
+        waiting = tuple(
+            n
+            for n in after.timers.values()
+            if parse_timer(n)[0] in ("approval-deadline", "approval-reminder")
+        )
         after = cancel_timers(after, fx, names=waiting)
         return fx.decision(self._send(after, fx))
 
@@ -872,6 +901,23 @@ class CustomerEmailProcess:
         state = state.model_copy(update={"approval": approval.model_copy(update={"reminders": n})})
         next_due = due_at + self.budgets.approval_reminder
         return set_reminder(state, name, n + 1, next_due, approval.deadline, fx)
+
+    def resume(self, state: EmailState, command: Event, now: datetime) -> Decision[EmailState]:
+        """`pm resume ID`: a running process nothing moves on gets its pending steps issued again.
+
+        Each pending step gets a new attempt (a new command ID, so the step consumer runs it; its
+        ledger still refuses to send one e-mail twice) and a fresh timeout; a live timeout of the old
+        attempt is cancelled, so its late answer is ignored. Nothing pending: refused (escalate it).
+        """
+        if state.status != Status.RUNNING:
+            return Decision(state, rejection=f"only a running process can be resumed (status {state.status})")
+        if not state.pending:
+            return Decision(state, rejection="no step is pending, nothing to issue again: escalate it")
+        fx = Effects(command, now)
+        for step in list(state.pending):
+            state = cancel_timers(state, fx, names=(timer_name(TIMEOUT, step),))
+            state = self._issue(state, Step(step), fx)
+        return fx.decision(state)
 
     # ------------------------------------------------------------ commands
 

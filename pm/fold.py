@@ -223,7 +223,7 @@ def operate(
             "rejected", f"process {definition.name} defines no resume(); escalate it instead", None
         )
     try:
-        decision = resume(state, now)
+        decision = resume(state, command, now)
     except Exception as exc:  # a bug in the definition's resume: fail the process, as for decide
         return Outcome("failed", f"{type(exc).__name__}: {exc}", None)
     if decision.rejection is not None:

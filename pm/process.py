@@ -111,8 +111,13 @@ class ProcessDefinition(Protocol[S]):
         """The state before the starting event is decided; `InvalidInput` refuses the event (DLQ).
 
         A definition may also have `admit(event) -> None`, raising `InvalidInput`: the runtime calls
-        it for live start events only, never when it folds the journal, so checks added later do not
-        break the rebuild of processes an older build admitted.
+        it for live start-type events only (also for a process that exists: a follow-up), never when
+        it folds the journal, so checks added later do not break the rebuild of processes an older
+        build admitted.
+
+        And `resume(state, command, now) -> Decision`: what `pm resume ID` (an `OperatorCommand`)
+        makes of a running process that is stuck, typically its pending steps issued again. Pure,
+        like `decide`; without it the command is refused and the operator escalates instead.
         """
         ...
 

@@ -891,3 +891,29 @@ def test_inputs_that_are_not_part_of_the_process() -> None:
     ended = run.s
     d = run.receive()  # the process is over: the same e-mail again changes nothing (a new one would)
     assert d.rejection == f"e-mail {CID!r} already received for this process" and d.state is ended
+
+
+def test_resume_issues_the_pending_steps_again_with_new_command_ids() -> None:
+    """`pm resume ID` on the bundled app: each pending step gets a new attempt and a fresh timeout."""
+    from pm.events import OperatorCommand, OperatorCommandPayload
+
+    sim = Run()
+    first = sim.receive()
+    event = sim.inputs[0]
+    (classify,) = first.commands
+    command = OperatorCommand(
+        event_id="op-1",
+        correlation_id=event.correlation_id,
+        occurred_at=event.occurred_at,
+        payload=OperatorCommandPayload(action="resume", operator="ops"),
+    )
+    resumed = CUSTOMER_EMAIL.resume(first.state, command, event.occurred_at)
+    assert resumed.rejection is None
+    (again,) = resumed.commands
+    assert again.type == classify.type and again.event_id != classify.event_id
+    assert again.payload.attempt == classify.payload.attempt + 1
+    assert len(resumed.schedule) == 1 and resumed.cancel == tuple(first.state.timers)
+    ended = first.state.model_copy(update={"status": "sent"})
+    assert CUSTOMER_EMAIL.resume(ended, command, event.occurred_at).rejection is not None
+    idle = first.state.model_copy(update={"pending": {}})
+    assert "escalate" in (CUSTOMER_EMAIL.resume(idle, command, event.occurred_at).rejection or "")

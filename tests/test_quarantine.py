@@ -148,7 +148,7 @@ def test_a_record_error_of_one_output_fails_only_its_process(topics: Config) -> 
 class Resumable(MiniProcess):
     """MINI, whose `sending` stage has no timer (so the watchdog sees it stuck), plus a resume()."""
 
-    def resume(self, state: Any, now: Any) -> Decision[Any]:
+    def resume(self, state: Any, command: Any, now: Any) -> Decision[Any]:
         return Decision(state.model_copy(update={"stage": "resumed"}))
 
 
