@@ -200,9 +200,18 @@ class SendEmailHandler:
             raise _Refused(code, f"RCPT TO: {code} {reply.decode(errors='replace')}")
         try:
             code, reply = smtp.data(message.as_bytes())
-        except smtplib.SMTPDataError as exc:  # an explicit refusal of the data: not delivered
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354): the content never went
             raise _Refused(exc.smtp_code, f"DATA: {exc.smtp_code} {exc.smtp_error!r}") from exc
-        return f"{code} {reply.decode(errors='replace')}"
+        # smtplib returns the reply to the content whatever its code (only `sendmail` checks it): a
+        # 4xx/5xx here is the server refusing the message (greylisting, content filter, size), not
+        # a delivery. Anything that is neither an acceptance nor a refusal (a garbled reply) leaves
+        # us unable to tell: uncertain, like a connection lost at this point.
+        text = reply.decode(errors="replace")
+        if 400 <= code < 600:
+            raise _Refused(code, f"end of DATA: {code} {text}")
+        if not 200 <= code < 300:
+            raise smtplib.SMTPResponseException(code, f"unexpected reply to the message content: {text}")
+        return f"{code} {text}"
 
     def _sent(self, command: Event, now: datetime, to: str, message_id: str, smtp_response: str) -> Event:
         payload = command.payload

@@ -130,15 +130,6 @@ class Reader:
         assert len(got) == n, f"expected {n} records, got {len(got)}"
         return [decode(m.value()) for m in got]
 
-    def nothing_more(self, wait: float = 1.0) -> bool:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            msg = self.consumer.poll(0.1)
-            if msg is not None and not msg.error():
-                self.raw.append(msg)
-                return False
-        return True
-
     def close(self) -> None:
         self.consumer.close()
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from promise_kit import quick_groups
+from test_runtime_support import read_topic
 
 from customer_email.events import (
     STEPS,
@@ -52,6 +54,7 @@ from pm.broker import LocalBroker
 from pm.codec import decode, encode
 from pm.config import Config
 from pm.events import ApprovalDecided, ApprovalRequested, DlqRecord, Event, JournalEntry, LlmCall, derive_id
+from pm.journal import iter_journal
 from pm.kafka import make_consumer, make_producer
 from pm.review import ReviewClient
 from pm.runtime import run_process_manager
@@ -298,7 +301,7 @@ def flow_config(broker: LocalBroker, state_dir: Path) -> Config:
         reviewers=("alice", "bob"),
     )
     apply_topics(config)
-    return config
+    return quick_groups(config)  # each PM start joins in ~1 s, not ~7 s: membership is not under test
 
 
 def send_email(config: Config) -> str:
@@ -321,6 +324,36 @@ def waiting_request(config: Config, watch: Watch, cid: str) -> ApprovalRequested
     watch.wait_status(cid, "waiting_for_approval")
     [pending] = [p for p in ReviewClient(config).pending() if p.correlation_id == cid]
     return pending.request
+
+
+def sends_issued(config: Config, watch: Watch, cid: str) -> list[SendEmail]:
+    """Every SendEmail the PM has issued for `cid`, with no waiting: call it at a journaled sync point.
+
+    A command exists only as an output of the journal entry that decided it, committed in the same
+    transaction, so the entries the watch has seen up to a state (waiting, rejected, escalated, sent)
+    name every SendEmail issued before it; `cmd.send-email`, read to its end, must agree (aborted
+    copies, which the local broker shows, carry the same command ID).
+    """
+    watch.poll()
+    journaled = {
+        command.payload.command_id: command
+        for entry, _ in watch.entries.get(cid, [])
+        for command in map(decode, entry.payload.commands)
+        if isinstance(command, SendEmail)
+    }
+    on_topic = {
+        command.payload.command_id
+        for command in (decode(m.value()) for m in read_topic(config, "cmd.send-email"))
+        if command.correlation_id == cid
+    }
+    assert on_topic == set(journaled), (on_topic, set(journaled))
+    return list(journaled.values())
+
+
+def journaled_status(config: Config, cid: str) -> str | None:
+    """The process's status after the last entry in the journal, read to its end (partition EOF)."""
+    statuses = [r.entry.payload.status for r in iter_journal(config, idle_timeout=10) if r.entry.correlation_id == cid]
+    return statuses[-1] if statuses else None
 
 
 # ---------------------------------------------------------------- one PM for the decision tests
@@ -346,8 +379,7 @@ def flow(broker: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def test_refund_email_pauses_and_approval_sends_it_once(flow: Flow) -> None:
     cid = send_email(flow.config)
     request = waiting_request(flow.config, flow.watch, cid)
-    time.sleep(0.5)  # give a wrong PM every chance to send anyway
-    assert flow.steps.sends(cid) == []
+    assert sends_issued(flow.config, flow.watch, cid) == []  # paused for the human: nothing issued
     proposed = Draft.model_validate_json(request.payload.proposal)
     assert request.payload.reasons and proposed == draft_for(json.loads(request.payload.context)["email"]["order_id"])
 
@@ -362,8 +394,7 @@ def test_refund_email_pauses_and_approval_sends_it_once(flow: Flow) -> None:
     outcomes = flow.watch.wait_decisions(cid, 2)
     assert outcomes[0][0] == "applied"
     assert outcomes[1][0] == "rejected" and "duplicate" in (outcomes[1][1] or "")
-    time.sleep(0.3)
-    assert len(flow.steps.sends(cid)) == 1 and flow.watch.status(cid) == "sent"
+    assert len(sends_issued(flow.config, flow.watch, cid)) == 1 and flow.watch.status(cid) == "sent"
 
 
 def test_reject_ends_the_process_without_sending(flow: Flow) -> None:
@@ -373,8 +404,7 @@ def test_reject_ends_the_process_without_sending(flow: Flow) -> None:
     flow.watch.wait_status(cid, "rejected")
     [(entry, _)] = flow.watch.decisions(cid)
     assert entry.payload.outcome == "applied"
-    time.sleep(0.3)
-    assert flow.steps.sends(cid) == []
+    assert sends_issued(flow.config, flow.watch, cid) == []  # terminal: nothing can be issued any more
 
 
 def test_edit_is_sent_only_after_it_passes_the_guard(flow: Flow) -> None:
@@ -442,7 +472,7 @@ def test_bad_decisions_are_journalled_as_refused_and_change_nothing(flow: Flow) 
         "the stranger's decision in the DLQ",
         lambda: any(d.correlation_id == stranger.correlation_id for d in flow.watch.dlq),
     )
-    assert flow.steps.sends(cid) == []
+    assert sends_issued(flow.config, flow.watch, cid) == []
 
     # The state was untouched: the real decision still applies, once.
     flow.review.publish(good)
@@ -453,8 +483,7 @@ def test_bad_decisions_are_journalled_as_refused_and_change_nothing(flow: Flow) 
     assert outcomes[-2][0] == "applied"
     assert outcomes[-1][0] == "rejected" and outcomes[-1][1] is not None
     assert outcomes[-1][1].startswith(("duplicate", "late"))
-    time.sleep(0.3)
-    assert len(flow.steps.sends(cid)) == 1
+    assert len(sends_issued(flow.config, flow.watch, cid)) == 1
 
 
 # ---------------------------------------------------------------- deadline and restart (own PM each)
@@ -465,7 +494,7 @@ def test_deadline_reminds_then_escalates(broker: LocalBroker, tmp_path: Path) ->
     watch = Watch(config)
     budgets = Budgets(approval_reminder=timedelta(seconds=1), approval_timeout=timedelta(seconds=3))
     try:
-        with steps_running(config) as steps, pm_running(config, budgets):
+        with steps_running(config), pm_running(config, budgets):
             cid = send_email(config)
             request = waiting_request(config, watch, cid)
             watch.wait_status(cid, "escalated", timeout=20)
@@ -475,8 +504,7 @@ def test_deadline_reminds_then_escalates(broker: LocalBroker, tmp_path: Path) ->
             [(outcome, reason, status)] = watch.wait_decisions(cid, 1)
             assert outcome == "rejected" and status == "escalated"
             assert reason is not None and reason.startswith(("late", "expired"))
-            time.sleep(0.3)
-            assert steps.sends(cid) == []
+            assert sends_issued(config, watch, cid) == []
     finally:
         watch.close()
 
@@ -508,12 +536,11 @@ def test_pm_restart_while_waiting_keeps_waiting_and_applies_a_decision_made_whil
                 ReviewClient(config).publish(probe)
                 [(outcome, reason, status)] = watch.wait_decisions(cid, 1)
                 assert outcome == "rejected" and (reason or "").startswith("unknown key id")
-                assert status == "waiting_for_approval" and steps.sends(cid) == []
-            # Down: the reviewer approves anyway; the decision waits on the topic.
-            ReviewClient(config).approve(request.payload.approval_id, "bob")
-            time.sleep(0.3)
-            watch.poll()
-            assert watch.status(cid) == "waiting_for_approval"
+                assert status == "waiting_for_approval" and sends_issued(config, watch, cid) == []
+            # Down: the reviewer approves anyway; the decision waits on the topic, the process waits.
+            published = ReviewClient(config).approve(request.payload.approval_id, "bob")
+            assert published.event.event_id in {decode(m.value()).event_id for m in read_topic(config, "approvals")}
+            assert journaled_status(config, cid) == "waiting_for_approval"
             with pm_running(config, budgets):
                 watch.wait_status(cid, "sent")
                 watch.wait("the SendEmail to be answered", lambda: len(steps.sends(cid)) == 1)

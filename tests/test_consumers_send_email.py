@@ -13,18 +13,20 @@ from pathlib import Path
 
 import pytest
 from consumer_kit import Reader, produce, running, send_email
+from test_runtime_support import read_topic
 
 from consumers import load_handler
-from consumers.send_email import FAULT_ENV, SendEmailHandler, message_id_for
+from consumers.send_email import FAULT_ENV, SENDING, SendEmailHandler, message_id_for
 from consumers.smtp_sink import SmtpSink
 from customer_email.addresses import parse_address
 from customer_email.events import EmailSent
 from pm.broker import free_port
+from pm.codec import decode
 from pm.config import Config
 from pm.events import StepFailed
 from pm.steps.consumer import StepConsumer
 from pm.steps.handler import PermanentError
-from pm.steps.ledger import Ledger
+from pm.steps.ledger import Ledger, ledger_path
 
 
 @pytest.fixture
@@ -138,18 +140,23 @@ def test_kill_9_between_sending_and_sent_gives_one_uncertain_result(topics: Conf
         assert len(sink.messages()) == 1, "the consumer never reached the SMTP server"
         crashing.send_signal(signal.SIGKILL)  # after DATA, before `sent` is recorded
         crashing.wait(10)
-        assert reader.nothing_more(0.5)
     finally:
         if crashing.poll() is None:
             crashing.kill()
             crashing.wait()
+    # Where it died: `sending` on disk, no result published (the topic read to its end).
+    with Ledger(ledger_path(topics, "send-email")) as ledger:
+        crashed = ledger.get(command.payload.command_id)
+    assert crashed is not None and crashed.state == SENDING
+    assert read_topic(topics, "step.results") == []
     restarted = _consumer_process(topics, sink.port, fault=False)
     try:
         (result,) = reader.take(1, timeout=40)
-        assert reader.nothing_more(1.0)
     finally:
         restarted.send_signal(signal.SIGTERM)
-        restarted.wait(30)
+        assert restarted.wait(30) == 0
+    # Stopped: nothing more can come. Exactly one result was published, the uncertain one.
+    assert [decode(m.value()) for m in read_topic(topics, "step.results")] == [result]
     assert isinstance(result, StepFailed)
     assert result.payload.uncertain and not result.payload.retryable
     assert result.payload.command_id == command.payload.command_id
