@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from consumer_kit import running
 from test_runtime_support import PmThread, wait_until
 
@@ -29,6 +30,7 @@ from consumers.smtp_sink import SmtpSink
 from customer_email.events import STEPS, EmailReceived, Order, SendEmail
 from customer_email.publisher import EmailPublisher, email_event
 from pm.broker import free_port
+from pm.cli import main
 from pm.codec import decode, encode
 from pm.config import Config
 from pm.journal import JournalRecord, iter_journal
@@ -108,7 +110,9 @@ def mail(message_id: str, body: str, *, thread_id: str | None = None, sender: st
     }
 
 
-def test_the_second_email_of_a_thread_gets_its_own_reply_exactly_once(topics: Config, tmp_path: Path) -> None:
+def test_the_second_email_of_a_thread_gets_its_own_reply_exactly_once(
+    topics: Config, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     token = uuid.uuid4().hex[:8]
     thread = f"<first-{token}@mail.example.com>"
     second = f"<second-{token}@mail.example.com>"
@@ -145,6 +149,10 @@ def test_the_second_email_of_a_thread_gets_its_own_reply_exactly_once(topics: Co
             assert email.utils.parseaddr(reply["To"])[1] == "jane@example.com" and "A-1001" in reply.get_payload()
         records = app.journal(thread)
         inspected = inspect_process(app.config, thread)  # what `pm inspect --json` prints
+        capsys.readouterr()
+        argv = ["--bootstrap", app.config.resolved_bootstrap, "--prefix", app.config.topic_prefix]
+        assert main(["inspect", thread, *argv]) == 0
+        shown = capsys.readouterr().out
     elapsed = time.monotonic() - started
     print(f"first episode in {first_episode:.1f}s, both in {elapsed:.1f}s")
     outcomes = [(r.event.type, r.entry.payload.outcome, r.entry.payload.reason) for r in records]
@@ -173,3 +181,6 @@ def test_the_second_email_of_a_thread_gets_its_own_reply_exactly_once(topics: Co
         ("support", "support@example.com", "Re: Where is my order?"),
     ]
     assert state["conversation"][2]["excerpt"].startswith("Thanks. It still has not arrived")
+    # The text form lists the conversation one message per line.
+    assert "    conversation: 4\n" in shown
+    assert shown.count("      - {\"role\": ") == 4 and "\"subject\": \"Re: Where is my order?\"" in shown

@@ -116,9 +116,9 @@ def _replay(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _value(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 100 else text[:97] + "..."
+def _value(value: Any, width: int = 100) -> str:
+    text = json.dumps(value, default=str)  # ASCII: hostile text cannot steer the terminal
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _print_step(step: ReplayStep, out: TextIO) -> None:
@@ -276,7 +276,13 @@ def _inspect(args: argparse.Namespace, config: Config) -> int:
     if data["state"] is not None:
         print("state:")
         for name, value in data["state"].items():
-            print(f"    {name}: {_value(value)}")
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                # A list of records (a conversation, a history): one line each, not one cut line.
+                print(f"    {name}: {len(value)}")
+                for item in value:
+                    print(f"      - {_value(item, 200)}")
+            else:
+                print(f"    {name}: {_value(value)}")
     elif data["state_note"]:
         print(f"state: not folded ({data['state_note']})")
     return 0
