@@ -289,3 +289,24 @@ def test_one_trace_across_the_pm_and_a_step_consumer(topics: Config, spans: InMe
         if span.context is not None and span.context.trace_id == trace_id:
             text = json.dumps(dict(span.attributes or {}), default=str)
             assert "ann@example.com" not in text and "where is my order" not in text, span.name
+
+
+_NOOP_SCRIPT = """
+from opentelemetry import trace
+from pm import telemetry
+telemetry.setup_telemetry("svc-quiet")
+assert not telemetry.tracing()
+assert isinstance(telemetry.tracer(), trace.NoOpTracer) and telemetry.tracer() is telemetry.tracer()
+assert telemetry.inject([("a", b"1")]) == [("a", b"1")]
+assert telemetry.extract([("traceparent", b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01")]) == {}
+print("quiet")
+"""
+
+
+def test_without_an_exporter_tracing_is_a_true_no_op() -> None:
+    """Nothing exported: no spans, no traceparent headers written or parsed (issue 15: ~20 % of the PM)."""
+    result = _run(_NOOP_SCRIPT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "quiet"
+    console = _run(_NOOP_SCRIPT, OTEL_TRACES_EXPORTER="console")
+    assert console.returncode != 0  # with an exporter, tracing is on: the first assert fails

@@ -489,6 +489,9 @@ class InputHandler:
         Attributes are built only for a recording span: with no exporter configured they would
         cost ~8 % of the PM's CPU (redaction runs over every string).
         """
+        if not telemetry.tracing():  # nothing exported: no span, no context switch, no header parsing
+            yield
+            return
         with telemetry.tracer().start_as_current_span(
             f"pm.handle {event.type}", context=telemetry.extract(message.headers())
         ) as span:
