@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from pm.config import Config
@@ -70,9 +71,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    """INFO by default (PM_LOG_LEVEL to change it); per-request lines of HTTP clients only at DEBUG.
+
+    httpx logs every request at INFO: one line per fetch-order / LLM call was a measurable share
+    of a step consumer's CPU (issue 15) and buried the lines that matter.
+    """
+    level = logging.getLevelName(os.environ.get("PM_LOG_LEVEL", "INFO").upper())
+    level = level if isinstance(level, int) else logging.INFO
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level <= logging.DEBUG else logging.WARNING)
 
 
 def _consumer(args: argparse.Namespace, config: Config) -> int:
