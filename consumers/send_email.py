@@ -19,17 +19,26 @@ name. The `To` header and the SMTP envelope recipient (RCPT TO) are that same st
 spoofed value such as `"victim@shop.example" <attacker@evil.example>` or a list
 `attacker@evil.example, victim@shop.example` can never redirect the reply: it is refused as
 a PermanentError before anything is sent or recorded in the ledger.
+
+Connections are pooled, one per worker thread, reused for up to `MAX_MESSAGES_PER_CONNECTION`
+messages (a new connection per message, with its EHLO and a `getfqdn` lookup, was most of this
+step's CPU). A pooled connection the server has closed fails at MAIL FROM, before anything was
+transferred: it is replaced once and the message goes out on a fresh one. A failure after DATA
+was sent stays uncertain, pooled or not.
 """
 
 from __future__ import annotations
 
 import os
 import smtplib
+import socket
 import ssl
+import threading
 import time
 from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import lru_cache
 
 from customer_email.addresses import AddressError, parse_address
 from customer_email.events import EmailSent, EmailSentPayload, Step
@@ -55,6 +64,13 @@ SENT = "sent"
 NOT_SENT = "not_sent"
 FAULT_ENV = "PM_FAULT_SEND_EMAIL"
 MESSAGE_ID_DOMAIN = "pm.local"
+MAX_MESSAGES_PER_CONNECTION = 100  # servers commonly cap messages per session; reconnect before
+
+
+@lru_cache(maxsize=1)
+def _local_hostname() -> str:
+    """The EHLO name, looked up once per process (smtplib calls getfqdn on every connect)."""
+    return socket.getfqdn() or "localhost"
 
 
 def message_id_for(command_id: str) -> str:
@@ -91,6 +107,7 @@ class SendEmailHandler:
         self.settings = EmailSettings.of(config)
         self.timeout = timeout
         self.ledger: Ledger | None = None
+        self._pool = threading.local()  # .smtp, .used: this worker thread's connection
 
     def use_ledger(self, ledger: Ledger) -> None:
         self.ledger = ledger
@@ -127,41 +144,83 @@ class SendEmailHandler:
             raise PermanentError(f"refused recipient: {exc}") from exc
         message = build_message(command, self.settings.reply_from, now, to=to)
         _check_recipient(message, to)  # before the ledger and SMTP: a mismatch sends nothing
-        smtp = self._connect()  # nothing sent yet: failures here are plain errors
+        smtp, pooled = self._session()  # nothing sent yet: failures here are plain errors
+        self.ledger.mark(command_id, SENDING, message_id=message["Message-ID"], to=to, since=now.isoformat())
         try:
-            self.ledger.mark(
-                command_id, SENDING, message_id=message["Message-ID"], to=to, since=now.isoformat()
-            )
             try:
                 response = self._transaction(smtp, message, to)
-            except _Refused as refused:
-                self.ledger.mark(command_id, NOT_SENT, reason=str(refused))
-                if refused.code >= 500:
-                    raise PermanentError(f"SMTP server refused the message: {refused}") from refused
-                raise TransientError(f"SMTP server deferred the message: {refused}") from refused
-            except (
-                smtplib.SMTPException,
-                OSError,
-            ) as exc:  # mid-transaction: delivered or not, we cannot tell
-                return failed_result(
-                    command,
-                    self.step,
-                    now,
-                    reason=f"uncertain: SMTP transaction broke off ({type(exc).__name__}: {exc}); "
-                    "the reply may or may not have been delivered",
-                    retryable=False,
-                    uncertain=True,
-                )
-            if os.environ.get(FAULT_ENV) == "hang-after-data":
-                while True:  # fault injection: the process is killed here, between the SMTP DATA and `sent`
-                    time.sleep(3600)
-            self.ledger.mark(command_id, SENT, smtp_response=response, message_id=message["Message-ID"])
-        finally:
-            try:
-                smtp.quit()
-            except (smtplib.SMTPException, OSError):
-                smtp.close()
+            except _Stale:
+                if not pooled:
+                    raise
+                self._discard()  # the server closed the idle connection: one fresh try
+                smtp, _ = self._session()
+                response = self._transaction(smtp, message, to)
+        except _Stale as stale:  # broke off before DATA: nothing was transferred
+            self._discard()
+            self.ledger.mark(command_id, NOT_SENT, reason=str(stale))
+            raise TransientError(f"SMTP connection lost before the message was sent: {stale}") from stale
+        except _Refused as refused:
+            self._reset()
+            self.ledger.mark(command_id, NOT_SENT, reason=str(refused))
+            if refused.code >= 500:
+                raise PermanentError(f"SMTP server refused the message: {refused}") from refused
+            raise TransientError(f"SMTP server deferred the message: {refused}") from refused
+        except (smtplib.SMTPException, OSError) as exc:  # mid-transaction: delivered or not, we cannot tell
+            self._discard()
+            return failed_result(
+                command,
+                self.step,
+                now,
+                reason=f"uncertain: SMTP transaction broke off ({type(exc).__name__}: {exc}); "
+                "the reply may or may not have been delivered",
+                retryable=False,
+                uncertain=True,
+            )
+        if os.environ.get(FAULT_ENV) == "hang-after-data":
+            while True:  # fault injection: the process is killed here, between the SMTP DATA and `sent`
+                time.sleep(3600)
+        self.ledger.mark(command_id, SENT, smtp_response=response, message_id=message["Message-ID"])
         return self._sent(command, now, to, message["Message-ID"], response)
+
+    def _session(self) -> tuple[smtplib.SMTP, bool]:
+        """This thread's connection (True: reused from the pool) or a new one."""
+        smtp: smtplib.SMTP | None = getattr(self._pool, "smtp", None)
+        used = int(getattr(self._pool, "used", 0))
+        if smtp is not None and used >= MAX_MESSAGES_PER_CONNECTION:
+            self._discard(polite=True)
+            smtp = None
+        pooled = smtp is not None
+        if smtp is None:
+            smtp, used = self._connect(), 0
+        self._pool.smtp, self._pool.used = smtp, used + 1
+        return smtp, pooled
+
+    def _reset(self) -> None:
+        """After a refusal the session is still good: RSET it for the next message, or drop it."""
+        smtp: smtplib.SMTP | None = getattr(self._pool, "smtp", None)
+        if smtp is None:
+            return
+        try:
+            smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._discard()
+
+    def _discard(self, *, polite: bool = False) -> None:
+        smtp: smtplib.SMTP | None = getattr(self._pool, "smtp", None)
+        self._pool.smtp, self._pool.used = None, 0
+        if smtp is None:
+            return
+        try:
+            if polite:
+                smtp.quit()
+            else:
+                smtp.close()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+    def close(self) -> None:
+        """Close this thread's pooled connection (worker shutdown)."""
+        self._discard(polite=True)
 
     def _connect(self) -> smtplib.SMTP:
         config = self.settings
@@ -171,11 +230,14 @@ class SendEmailHandler:
                 smtp = smtplib.SMTP_SSL(
                     config.smtp_host,
                     config.smtp_port,
+                    local_hostname=_local_hostname(),
                     timeout=self.timeout,
                     context=ssl.create_default_context(),
                 )
             else:
-                smtp = smtplib.SMTP(config.smtp_host, config.smtp_port, timeout=self.timeout)
+                smtp = smtplib.SMTP(
+                    config.smtp_host, config.smtp_port, local_hostname=_local_hostname(), timeout=self.timeout
+                )
             smtp.ehlo()
             if config.smtp_starttls:
                 smtp.starttls(context=ssl.create_default_context())
@@ -191,13 +253,19 @@ class SendEmailHandler:
         return smtp
 
     def _transaction(self, smtp: smtplib.SMTP, message: EmailMessage, to: str) -> str:
-        """MAIL, RCPT, DATA; returns the server's reply to DATA. `_Refused` when refused before delivery."""
-        code, reply = smtp.mail(self.settings.reply_from)
-        if code != 250:
-            raise _Refused(code, f"MAIL FROM: {code} {reply.decode(errors='replace')}")
-        code, reply = smtp.rcpt(to)
-        if code not in (250, 251):
-            raise _Refused(code, f"RCPT TO: {code} {reply.decode(errors='replace')}")
+        """MAIL, RCPT, DATA; returns the server's reply to DATA.
+
+        `_Refused` when refused before delivery, `_Stale` when the connection broke before DATA.
+        """
+        try:
+            code, reply = smtp.mail(self.settings.reply_from)
+            if code != 250:
+                raise _Refused(code, f"MAIL FROM: {code} {reply.decode(errors='replace')}")
+            code, reply = smtp.rcpt(to)
+            if code not in (250, 251):
+                raise _Refused(code, f"RCPT TO: {code} {reply.decode(errors='replace')}")
+        except (smtplib.SMTPServerDisconnected, OSError) as exc:
+            raise _Stale(f"{type(exc).__name__}: {exc}") from exc
         try:
             code, reply = smtp.data(message.as_bytes())
         except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354): the content never went
@@ -238,6 +306,10 @@ def _check_recipient(message: EmailMessage, to: str) -> None:
         same = False
     if not same:
         raise PermanentError(f"To header {headers!r} does not match the envelope recipient {to!r}; not sent")
+
+
+class _Stale(Exception):
+    """The connection broke before DATA: the message was not transferred."""
 
 
 class _Refused(Exception):

@@ -56,6 +56,7 @@ class MaildirHandler:
         self.maildir = mailbox.Maildir(str(maildir), create=True)
         self.mode: Mode = _checked(mode)
         self.transactions = 0
+        self.peers: list[Any] = []  # the client address of each DATA (a reused connection repeats it)
         self.on_data: Callable[[Any], None] | None = None
         self._script: deque[Mode] = deque()
         self._lock = threading.Lock()
@@ -72,6 +73,7 @@ class MaildirHandler:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd API)
         mode = self._next_mode()
+        self.peers.append(session.peer)
         if self.on_data is not None:
             self.on_data(envelope)
         if mode == DEFER:

@@ -159,3 +159,32 @@ def test_restart_after_sent_rebuilds_the_result_from_the_ledger(config: Config, 
     assert isinstance(result, EmailSent) and isinstance(lost, EmailSent)
     assert result.payload == lost.payload  # message ID, recipient and the server's reply, from the ledger
     assert sink.transactions == 1 and len(sink.messages()) == 1  # not sent again
+
+
+def test_connections_are_reused_and_a_closed_one_is_replaced_without_doubt(tmp_path: Path) -> None:
+    """Pooled SMTP: one connection for several messages; after the server dropped it (a restart),
+    the next message fails at MAIL FROM, before anything was transferred, and goes out on a new one
+    (sent, not uncertain)."""
+    port = free_port()
+    config = Config(state_dir=tmp_path / "state").with_settings(smtp_port=port)
+    handler = SendEmailHandler(config)
+    with Ledger(tmp_path / "ledger") as ledger:
+        handler.use_ledger(ledger)
+        with SmtpSink(tmp_path / "maildir", port=port) as first:
+            results = [handler.handle(c, c.occurred_at) for c in (send_email(), send_email(), send_email())]
+            peers = list(first.handler.peers)
+        with SmtpSink(tmp_path / "maildir", port=port) as second:  # the pooled connection is dead now
+            after_restart = handler.handle(command := send_email(), command.occurred_at)
+            reconnected = list(second.handler.peers)
+            handler.close()
+        mailbox_size = len(second.messages())
+    assert all(isinstance(r, EmailSent) for r in results) and len(set(peers)) == 1
+    assert isinstance(after_restart, EmailSent) and len(reconnected) == 1
+    entry = ledger_entry_at(tmp_path / "ledger", command.payload.command_id)
+    assert entry is not None and entry.state == SENT
+    assert mailbox_size == 4  # each message exactly once
+
+
+def ledger_entry_at(path: Path, command_id: str) -> LedgerEntry | None:
+    with Ledger(path) as ledger:
+        return ledger.get(command_id)
