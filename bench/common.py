@@ -14,7 +14,9 @@ from pm.broker import free_port, launch
 from pm.config import Config
 from pm.topics import apply_topics
 
-__all__ = ["bench_broker", "Result", "report"]
+__all__ = ["bench_broker", "bench_broker_pid", "Result", "report"]
+
+_RUNNING: dict[str, int] = {}  # bootstrap -> PID of the brokers bench_broker runs now
 
 
 @contextlib.contextmanager
@@ -22,6 +24,7 @@ def bench_broker() -> Iterator[Config]:
     """A fresh local broker (stopped afterwards) with every topic of topics.yaml created."""
     with tempfile.TemporaryDirectory(prefix="pm-bench-") as tmp:
         broker = launch(free_port(), Path(tmp) / "broker.log")
+        _RUNNING[broker.bootstrap] = broker.pid
         try:
             config = Config(
                 bootstrap=broker.bootstrap,
@@ -32,7 +35,13 @@ def bench_broker() -> Iterator[Config]:
             apply_topics(config)
             yield config
         finally:
+            _RUNNING.pop(broker.bootstrap, None)
             broker.stop()
+
+
+def bench_broker_pid(config: Config) -> int | None:
+    """The PID of the broker `bench_broker` started for `config` (None: not one of ours, e.g. external)."""
+    return _RUNNING.get(config.bootstrap)
 
 
 @dataclass(frozen=True)

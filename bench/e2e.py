@@ -15,6 +15,19 @@ N e-mails are published and the journal is tailed until every process is termina
 - per process latency = terminal journal record time - the e-mail's `occurred_at`
 - per decision latency = journal record time - the input event's `occurred_at`
   (input produced -> consumed, decided, journaled and committed by the PM)
+- CPU ms per e-mail = (utime + stime of each OS process, from /proc/<pid>/stat: `bench.cpu`,
+  taken right before the N e-mails are published and right after the last is terminal) / N,
+  per component: the broker, the PM, each step consumer (the pm deployment, summed as `total`),
+  the two dev services standing in for external systems (order-service, smtp-sink), and this
+  process (publisher, scripted reviewer, journal tail: the load generator, not pm).
+
+Before the N e-mails (first size only), 5 s with nothing in flight give the idle cluster's CPU
+ms per second (`idle`), then `serial` e-mails (30 in `run`) go one at a time, the next published when
+the previous is terminal: ingest -> terminal p50/p99 without load (the e-mail's `occurred_at`, set
+just before it is published, to the journal record that makes it terminal), and their CPU per
+e-mail (includes the idle polling of every component between e-mails). `run` also measures the
+raw pipe (`bench.pipe.measure_pipe`) on the same broker first, with its CPU per record: broker,
+and this process (preloading producer + consume -> transactional produce loop).
 
 Sizes: N = 2,000 and 20,000 (quick: 200), each at 0 ms and 50 ms LLM latency.
 On this 2-core machine the pipeline runs at ~45-55 processes/s (2,000: ~1 minute per latency,
@@ -26,6 +39,7 @@ flow-control fix it was ~8/s). `run(False, sizes=(20_000,))` runs only the 20,00
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -39,7 +53,9 @@ from pathlib import Path
 from confluent_kafka import KafkaError, TopicPartition
 
 from bench.cluster import percentile
-from bench.common import Result, bench_broker, report
+from bench.common import Result, bench_broker, bench_broker_pid, report
+from bench.cpu import CpuMeter, CpuSnapshot
+from bench.pipe import measure_pipe
 from bench.scenario import Scenario
 from customer_email.publisher import EmailPublisher
 from pm.approvals import build_decision, ensure_local_key, signing_key
@@ -51,12 +67,17 @@ from pm.harness import Child, JournalTail, child_env, pm_argv
 from pm.kafka import make_consumer, make_producer
 from pm.topics import load_layout
 
-__all__ = ["run", "measure_e2e", "E2eResult", "ScriptedReviewer"]
+__all__ = ["run", "measure_e2e", "E2eResult", "SerialResult", "ScriptedReviewer", "cluster_meter"]
 
 STEPS = ("classify", "fetch-order", "fetch-refund-policy", "draft-reply", "send-email")
 REVIEWER = "bench-reviewer"
 TERMINAL = frozenset({"sent", "escalated", "failed", "rejected"})
 CONCURRENCY = 8
+SERIAL = 30  # e-mails one at a time (unloaded latency) before the N of each run's first size
+IDLE = 5.0  # seconds of an idle cluster (CPU per second) before those
+BROKER, LOAD = "broker", "bench process"
+PM_PARTS = (BROKER, "pm", *STEPS)  # the pm deployment: `total` CPU
+SERVICES = ("order-service", "smtp-sink")  # dev stand-ins for external systems
 
 
 class ScriptedReviewer(threading.Thread):
@@ -138,10 +159,41 @@ class E2eResult:
     stages: dict[str, tuple[float, float]]
     extra_statuses: dict[str, str] = field(default_factory=dict)  # see measure_e2e(extra=...)
     prefix: str = ""  # the run's topic prefix (its topics stay on the broker until it stops)
+    cpu: CpuSnapshot | None = None  # CPU seconds per component over the N e-mails (None: no /proc)
+    serial: SerialResult | None = None  # see measure_e2e(serial=...)
+    # CPU seconds per component with nothing in flight (measure_e2e(idle=...))
+    idle: CpuSnapshot | None = None
 
     @property
     def rate(self) -> float:
         return self.processes / self.seconds if self.seconds > 0 else 0.0
+
+    def cpu_ms(self) -> dict[str, float]:
+        return cpu_ms_per(self.cpu, self.processes)
+
+
+@dataclass(frozen=True)
+class SerialResult:
+    """E-mails published one at a time, each after the previous one was terminal."""
+
+    processes: int
+    statuses: dict[str, int]
+    p50: float  # ms, the e-mail's occurred_at -> its terminal journal record
+    p99: float
+    kinds_p50: dict[str, float]  # "status" / "refund" (approved by the scripted reviewer) -> p50 ms
+    cpu: CpuSnapshot | None
+
+    def cpu_ms(self) -> dict[str, float]:
+        return cpu_ms_per(self.cpu, self.processes)
+
+
+def cpu_ms_per(cpu: CpuSnapshot | None, count: int) -> dict[str, float]:
+    """CPU ms per unit of work by component, plus `total` (the pm deployment: broker, PM, steps)."""
+    if cpu is None or count <= 0:
+        return {}
+    per = {name: 1000 * seconds / count for name, seconds in cpu.seconds.items()}
+    per["total"] = sum(per.get(name, 0.0) for name in PM_PARTS)
+    return per
 
 
 def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[list[Child], dict[str, str]]:
@@ -152,7 +204,9 @@ def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[lis
     children = [
         Child("order-service", pm_argv("run", "service", "order-service"), logs / "order.log"),
         Child(
-            "smtp-sink", pm_argv("run", "service", "smtp-sink", "--maildir", str(work / "maildir")), logs / "smtp.log"
+            "smtp-sink",
+            pm_argv("run", "service", "smtp-sink", "--maildir", str(work / "maildir")),
+            logs / "smtp.log",
         ),
         Child("pm", pm_argv("run", "pm"), logs / "pm.log"),
         *(
@@ -183,11 +237,16 @@ def measure_e2e(
     *,
     timeout: float = 1800.0,
     extra: Callable[[Config, Scenario], list[str]] | None = None,
+    serial: int = 0,
+    idle: float = 0.0,
 ) -> E2eResult:
     """One run on the broker of `base` with fresh topics under a new prefix and a fresh state dir.
 
     `extra` publishes unusual records halfway through the e-mails and returns their correlation IDs:
     their last journaled status is reported in `extra_statuses` (absent: never journaled, e.g. DLQ).
+    `serial` e-mails go one at a time after the warm-up, before the N (`E2eResult.serial`).
+    Before them, `idle` seconds with nothing in flight measure what the idle cluster burns
+    (`E2eResult.idle`).
     """
     work = Path(tempfile.mkdtemp(prefix="pm-bench-e2e-"))
     config = base.with_overrides(
@@ -217,7 +276,33 @@ def measure_e2e(
                 status[row.correlation_id] = row.status
         if status[warm.correlation_id] != "sent":
             raise RuntimeError(f"warm-up e-mail ended {status[warm.correlation_id]}: {_tails(children)}")
+        meter = cluster_meter(base, children)
+        idle_cpu: CpuSnapshot | None = None
+        if idle > 0:
+            before = _snapshot(meter)
+            end = time.monotonic() + idle
+            while (left := end - time.monotonic()) > 0:
+                _check(children, reviewer, end + 30, "the idle period")
+                for row in tail.poll(min(0.2, left)):
+                    status[row.correlation_id] = row.status
+            after = _snapshot(meter)
+            idle_cpu = None if before is None or after is None else after - before
+        serial_deadline = time.monotonic() + 60 + 10 * serial
+        serial_result = (
+            _serial(
+                scenario,
+                publisher,
+                tail,
+                meter,
+                serial,
+                lambda what: _check(children, reviewer, serial_deadline, what),
+            )
+            if serial > 0
+            else None
+        )
+        deadline = time.monotonic() + timeout
 
+        cpu_before = _snapshot(meter)
         started_ms = time.time() * 1000
         wanted: set[str] = set()
         extra_ids: list[str] = []
@@ -258,6 +343,7 @@ def measure_e2e(
                     received_ms[row.correlation_id] = row.input_ms
                 if row.status in TERMINAL and row.correlation_id not in finished_ms:
                     finished_ms[row.correlation_id] = row.written_ms
+        cpu_after = _snapshot(meter)
         seconds = (max(finished_ms.values()) - started_ms) / 1000
         settle = time.monotonic() + 60  # the unusual records may still be on their way
         while extra_ids and time.monotonic() < settle:
@@ -286,6 +372,9 @@ def measure_e2e(
             },
             extra_statuses=extra_statuses,
             prefix=config.topic_prefix,
+            cpu=None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
+            serial=serial_result,
+            idle=idle_cpu,
         )
     finally:
         reviewer.stop.set()
@@ -298,6 +387,63 @@ def measure_e2e(
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"e2e: logs kept in {work / 'logs'}", file=sys.stderr)
+
+
+def cluster_meter(base: Config, children: list[Child]) -> CpuMeter | None:
+    """A CPU meter of the broker (when `bench_broker` started it), every child and this process."""
+    if not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        return None  # no procfs (not Linux): no CPU figures
+    broker = bench_broker_pid(base)
+    groups: dict[str, list[int]] = {} if broker is None else {BROKER: [broker]}
+    for child in children:
+        groups.setdefault(child.name, []).append(child.pid)
+    groups[LOAD] = [os.getpid()]
+    return CpuMeter(groups, own_only=[LOAD])  # this process's descendants are the other groups
+
+
+def _snapshot(meter: CpuMeter | None) -> CpuSnapshot | None:
+    return None if meter is None else meter.snapshot()
+
+
+def _serial(
+    scenario: Scenario,
+    publisher: EmailPublisher,
+    tail: JournalTail,
+    meter: CpuMeter | None,
+    count: int,
+    check: Callable[[str], None],
+) -> SerialResult:
+    """`count` e-mails one at a time (80 % status, 20 % refund), each published when the previous is terminal."""
+    latencies: dict[str, list[float]] = {}
+    statuses: dict[str, int] = {}
+    before = _snapshot(meter)
+    for i in range(count):
+        kind = "refund" if i % 5 == 4 else "status"
+        email = scenario.email(100_000_000 + i, kind)  # apart from the N e-mails' indexes
+        publisher.publish(email.payload)
+        received_ms: int | None = None
+        while True:
+            check(f"one-in-flight e-mail {i + 1} of {count}")
+            rows = [r for r in tail.poll(0.02) if r.correlation_id == email.correlation_id]
+            for row in rows:
+                if row.input_type == "EmailReceived":
+                    received_ms = row.input_ms
+            ended = [r for r in rows if r.status in TERMINAL]
+            if ended:
+                break
+        statuses[ended[0].status] = statuses.get(ended[0].status, 0) + 1
+        if received_ms is not None:
+            latencies.setdefault(kind, []).append(float(ended[0].written_ms - received_ms))
+    after = _snapshot(meter)
+    every = [v for values in latencies.values() for v in values]
+    return SerialResult(
+        processes=count,
+        statuses=statuses,
+        p50=percentile(every, 50),
+        p99=percentile(every, 99),
+        kinds_p50={kind: percentile(values, 50) for kind, values in latencies.items()},
+        cpu=None if before is None or after is None else after - before,
+    )
 
 
 def _check(children: list[Child], reviewer: ScriptedReviewer, deadline: float, what: str) -> None:
@@ -314,14 +460,86 @@ def _tails(children: list[Child]) -> str:
     return "\n".join(f"--- {c.name}\n{c.tail(8)}" for c in children)
 
 
-def run(quick: bool, *, sizes: tuple[int, ...] | None = None, latencies: tuple[int, ...] = (0, 50)) -> Result:
+def pipe_baseline(config: Config, count: int) -> tuple[float, dict[str, float]]:
+    """`bench.pipe` on this broker: msg/s, and CPU ms per record (broker; this process: preload + copy loop)."""
+    broker = bench_broker_pid(config)
+    meter = (
+        CpuMeter({**({} if broker is None else {BROKER: [broker]}), LOAD: [os.getpid()]}, own_only=[LOAD])
+        if os.path.exists(f"/proc/{os.getpid()}/stat")
+        else None
+    )
+    before = _snapshot(meter)
+    rate = measure_pipe(config, count)
+    after = _snapshot(meter)
+    if before is None or after is None:
+        return rate, {}
+    per = {name: 1000 * seconds / count for name, seconds in (after - before).seconds.items()}
+    per["total"] = sum(per.values())
+    return rate, per
+
+
+def idle_ms_per_s(idle: CpuSnapshot | None) -> dict[str, float]:
+    """CPU ms per second of wall time by component, plus `total` (broker, PM, steps)."""
+    if idle is None or idle.wall <= 0:
+        return {}
+    return {name: ms / idle.wall for name, ms in cpu_ms_per(idle, 1).items()}
+
+
+def _cpu_rows(columns: list[tuple[str, dict[str, float], float]]) -> list[tuple[str, str]]:
+    """One row per component, one column per run: (label, CPU ms per e-mail by component, cores busy)."""
+    columns = [c for c in columns if c[1]]
+    if not columns:
+        return [("CPU", "not measured (no /proc)")]
+    width = max(12, *(len(label) for label, _, _ in columns))
+    names = [*(n for n in PM_PARTS if n in columns[0][1]), "total", *SERVICES, LOAD]
+    rows = [("CPU ms per e-mail", "  ".join(f"{label:>{width}}" for label, _, _ in columns))]
+    for name in names:
+        label = {
+            "total": "  total (broker + pm + steps)",
+            LOAD: f"  {LOAD} (load generator)",
+        }.get(name, f"  {name}{' (dev service)' if name in SERVICES else ''}")
+        rows.append((label, "  ".join(f"{per.get(name, float('nan')):>{width}.2f}" for _, per, _ in columns)))
+    rows.append(
+        ("  cores busy (all of the above)", "  ".join(f"{busy:>{width}.2f}" for _, _, busy in columns))
+    )
+    return rows
+
+
+def _busy(cpu: CpuSnapshot | None) -> float:
+    return sum(cpu.seconds.values()) / cpu.wall if cpu is not None and cpu.wall > 0 else float("nan")
+
+
+def run(
+    quick: bool,
+    *,
+    sizes: tuple[int, ...] | None = None,
+    latencies: tuple[int, ...] = (0, 50),
+    serial: int = SERIAL,
+    pipe_records: int | None = None,
+) -> Result:
     sizes = sizes or ((200,) if quick else (2_000, 20_000))
+    pipe_records = pipe_records or (5_000 if quick else 20_000)
     runs: list[E2eResult] = []
     with bench_broker() as config:
+        pipe_rate, pipe_cpu = pipe_baseline(config, pipe_records)
         for n in sizes:
             for latency in latencies:
-                runs.append(measure_e2e(config, n, latency))
+                first = n == sizes[0]
+                runs.append(
+                    measure_e2e(
+                        config, n, latency, serial=serial if first else 0, idle=IDLE if first else 0.0
+                    )
+                )
     rows: list[tuple[str, str]] = [("concurrency per step consumer", str(CONCURRENCY))]
+    rows.append(
+        (
+            f"pipe baseline ({pipe_records:,} records)",
+            f"{pipe_rate:,.0f} msg/s; CPU ms per record: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in pipe_cpu.items())
+            + f" ({LOAD}: preload producer + consume -> transactional produce)",
+        )
+    )
+    columns: list[tuple[str, dict[str, float], float]] = []
     for r in runs:
         label = f"N={r.processes:,} llm={r.latency_ms}ms"
         rows += [
@@ -339,12 +557,53 @@ def run(quick: bool, *, sizes: tuple[int, ...] | None = None, latencies: tuple[i
                 ", ".join(f"{t} step {a:.0f}/pm {b:.0f} ms" for t, (a, b) in r.stages.items()),
             ),
         ]
+        cpu = r.cpu_ms()
+        if cpu and r.decisions:
+            per_record = cpu["total"] * r.processes / r.decisions
+            rows.append(
+                (
+                    f"{label} CPU",
+                    f"total {cpu['total']:.1f} ms per e-mail = {per_record:.2f} ms per journal record "
+                    f"({r.decisions / r.processes:.1f} per e-mail; pipe: {pipe_cpu.get('total', float('nan')):.3f} "
+                    "ms per record)",
+                )
+            )
+        if cpu and r.idle is not None and r.idle.wall > 0:
+            idle_per_s = idle_ms_per_s(r.idle)
+            rows.append(
+                (
+                    f"{label} CPU, idle share",
+                    f"the idle cluster burns {idle_per_s['total']:.0f} ms/s (broker + pm + steps): "
+                    f"{idle_per_s['total'] * r.seconds / r.processes:.1f} of the {cpu['total']:.1f} ms per e-mail "
+                    "over this run's duration",
+                )
+            )
+            columns.append((f"idle llm={r.latency_ms}ms, ms/s", idle_per_s, _busy(r.idle)))
+        columns.append((label, cpu, _busy(r.cpu)))
+        if r.serial is not None:
+            s = r.serial
+            one = f"1 in flight llm={r.latency_ms}ms"
+            rows.append(
+                (
+                    f"{one} ({s.processes} e-mails)",
+                    f"ingest -> terminal p50 {s.p50:.0f} ms p99 {s.p99:.0f} ms ("
+                    + ", ".join(f"{k} p50 {v:.0f} ms" for k, v in s.kinds_p50.items())
+                    + f"), statuses {s.statuses}",
+                )
+            )
+            columns.append((one, s.cpu_ms(), _busy(s.cpu)))
+    rows += _cpu_rows(columns)
     head = runs[0]
     result = Result(
         "e2e",
         head.rate,
         "processes/s",
         extra={
+            "pipe": {
+                "records": pipe_records,
+                "msg_per_s": round(pipe_rate),
+                "cpu_ms_per_record": {k: round(v, 4) for k, v in pipe_cpu.items()},
+            },
             "runs": [
                 {
                     "processes": r.processes,
@@ -356,9 +615,29 @@ def run(quick: bool, *, sizes: tuple[int, ...] | None = None, latencies: tuple[i
                     "process_p50_ms": r.process_p50,
                     "process_p99_ms": r.process_p99,
                     "statuses": r.statuses,
+                    "cpu_ms_per_email": {k: round(v, 3) for k, v in r.cpu_ms().items()},
+                    **(
+                        {}
+                        if r.idle is None
+                        else {"idle_cpu_ms_per_s": {k: round(v, 1) for k, v in idle_ms_per_s(r.idle).items()}}
+                    ),
+                    **(
+                        {}
+                        if r.serial is None
+                        else {
+                            "one_in_flight": {
+                                "processes": r.serial.processes,
+                                "p50_ms": r.serial.p50,
+                                "p99_ms": r.serial.p99,
+                                "p50_ms_by_kind": r.serial.kinds_p50,
+                                "statuses": r.serial.statuses,
+                                "cpu_ms_per_email": {k: round(v, 3) for k, v in r.serial.cpu_ms().items()},
+                            }
+                        }
+                    ),
                 }
                 for r in runs
-            ]
+            ],
         },
     )
     report(rows, result)
