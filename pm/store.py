@@ -6,7 +6,10 @@ Layout (raw byte keys, JSON values):
 - `s/<correlation_id>` -> the process record (definition name/version, state JSON,
   journal offset it reflects, recent input event IDs for dedupe, pending timers)
 - `t/<due_ms:8 bytes BE>/<timer_id>` -> a pending timer; big-endian due time makes
-  "everything due by now" a prefix scan from `t/` that stops at the first later key
+  "everything due by now" a prefix scan from `t/` that stops at the first later key. The
+  runtime scans it once per assignment: `pm.timers` keeps it in memory from then on, told of
+  every change by `write` (`observe_timers`), since a scan seeks over the tombstones of every
+  cancelled timer not yet compacted away
 - `m/next_offset` -> the next journal offset to fold (everything before is reflected)
 - `m/anchor` -> `{offset, event_id}` of the last journal record folded: on open the
   journal must still hold that record at that offset, else the store belongs to
@@ -23,10 +26,10 @@ from __future__ import annotations
 import json
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
@@ -38,6 +41,7 @@ __all__ = [
     "StoreWrite",
     "StoreError",
     "TimerEntry",
+    "TimerObserver",
     "store_root",
     "store_path",
     "list_store_paths",
@@ -75,12 +79,21 @@ def _timer_key(due_ms: int, timer_id: str) -> bytes:
     return _TIMER + struct.pack(">q", due_ms) + b"/" + timer_id.encode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TimerEntry:
     correlation_id: str
     timer_id: str
     name: str
     due_ms: int
+
+
+class TimerObserver(Protocol):
+    """Follows a store's timer index in memory (`pm.timers.DueHeap`)."""
+
+    def timers_changed(
+        self, removed: Collection[tuple[int, str]], added: Mapping[tuple[int, str], TimerEntry]
+    ) -> None:
+        """Called after a `write` committed: the (due_ms, timer_id) keys it removed, then those it added."""
 
 
 @dataclass
@@ -141,6 +154,7 @@ class PartitionStore:
                 self._db = Rdict(str(self.path), options)
         except Exception as exc:  # rocksdict raises plain Exception for lock/IO errors
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        self._timer_observers: list[TimerObserver] = []
 
     @property
     def db(self) -> Rdict:
@@ -183,6 +197,18 @@ class PartitionStore:
 
     def timers(self) -> list[TimerEntry]:
         return self.due_timers(2**62, limit=2**31)
+
+    def observe_timers(self, observer: TimerObserver) -> list[TimerEntry]:
+        """The timer index now (one scan); `observer` is told of every change `write` makes to it from now on."""
+        if not self.observed_by(observer):
+            self._timer_observers.append(observer)
+        return self.timers()
+
+    def unobserve_timers(self, observer: TimerObserver) -> None:
+        self._timer_observers = [o for o in self._timer_observers if o is not observer]
+
+    def observed_by(self, observer: TimerObserver) -> bool:
+        return any(o is observer for o in self._timer_observers)
 
     @property
     def next_offset(self) -> int:
@@ -232,6 +258,9 @@ class PartitionStore:
         if change.active_delta:
             batch.put(_ACTIVE, str(max(0, self.active + change.active_delta)).encode())
         self.db.write(batch)
+        if self._timer_observers and (change.timers_removed or change.timers_added):
+            for observer in self._timer_observers:
+                observer.timers_changed(change.timers_removed, change.timers_added)
 
     def flush(self) -> None:
         if self._db is not None and not self.read_only:
@@ -239,6 +268,7 @@ class PartitionStore:
 
     def close(self) -> None:
         """Flush and release the RocksDB lock so another instance can open this partition."""
+        self._timer_observers = []
         if self._db is not None:
             try:
                 self.flush()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -241,3 +241,38 @@ def test_registry_refuses_a_decide_without_the_decision_time() -> None:
 
     with pytest.raises(RegistryError, match=r"decide must take \(state, event, now\)"):
         Registry([OldStyle()])
+
+
+def test_timer_observers_get_every_committed_index_change_until_close(tmp_path: Path) -> None:
+    class Seen:
+        def __init__(self) -> None:
+            self.changes: list[tuple[set[tuple[int, str]], dict[tuple[int, str], TimerEntry]]] = []
+
+        def timers_changed(
+            self, removed: Collection[tuple[int, str]], added: Mapping[tuple[int, str], TimerEntry]
+        ) -> None:
+            self.changes.append((set(removed), dict(added)))
+
+    store = PartitionStore(tmp_path / "0", 0)
+    early, late = TimerEntry("a", "t-early", "n", 1_000), TimerEntry("a", "t-late", "n", 3_000)
+    write = StoreWrite()
+    write.add_timer(late)
+    store.write(write)
+    seen, other = Seen(), Seen()
+    assert store.observe_timers(seen) == [late]  # the index as it is, then its changes
+    assert store.observe_timers(other) == [late] and store.observed_by(seen) and store.observed_by(other)
+    write = StoreWrite()
+    write.remove_timer(late.due_ms, late.timer_id)
+    write.add_timer(early)
+    store.write(write)
+    write = StoreWrite()
+    write.put_record("a", {"status": "running"})  # no timer change: nothing to tell
+    store.write(write)
+    store.unobserve_timers(other)
+    write = StoreWrite()
+    write.remove_timer(early.due_ms, early.timer_id)
+    store.write(write)
+    assert seen.changes == [({(3_000, "t-late")}, {(1_000, "t-early"): early}), ({(1_000, "t-early")}, {})]
+    assert other.changes == [({(3_000, "t-late")}, {(1_000, "t-early"): early})]
+    store.close()
+    assert not store.observed_by(seen)  # a closed store tells nobody anything

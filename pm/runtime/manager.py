@@ -247,6 +247,7 @@ class ProcessManager:
             self._backpressure.active.pop(partition, None)
             if store is not None:
                 store.close()
+            self.timers.drop(partition)
 
     def _open_store(self, partition: int) -> None:
         """Open the partition's store, caught up to the end of its journal partition (`PartitionRecovery`)."""
@@ -264,6 +265,7 @@ class ProcessManager:
         )
         store = recovery.open()
         self.stores[partition] = store
+        self.timers.load(partition, store)  # its due timers in memory from now on (one scan, caught up)
         self._backpressure.active[partition] = store.active
 
     # ------------------------------------------------------------ the batch
