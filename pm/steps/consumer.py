@@ -24,6 +24,8 @@ pause/resume cycle is expensive: librdkafka drops the prefetched records on paus
 resume its fetcher thread, which sleeps up to 1 s while it has nothing to fetch, is not woken
 (the fetch state stays "active"). `_resume` therefore seeks every resumed partition to its
 position: a no-op for the offsets, but a fetch-state change, which wakes the fetcher at once.
+A rebalance does not end a pause: partitions handed over while the buffer is full are paused with
+the rest, and `_resume` resumes the whole assignment.
 """
 
 from __future__ import annotations
@@ -478,10 +480,15 @@ class StepConsumer:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # librdkafka keeps an application pause across revoke/assign: a partition paused while we were
-        # full would stay paused for good. Start every assignment unpaused; _flow_control re-pauses.
+        # librdkafka keeps an application pause across revoke/assign, so a partition handed to us takes
+        # the state of our flow control explicitly: fetching, or paused with the rest of the assignment
+        # while we are full (`_resume` resumes the whole assignment). Never forget a pause here: an
+        # incremental (cooperative) rebalance hands over only the partitions that move, and the kept
+        # ones, paused while we were full, would then stay paused for good - every later command on
+        # them stranded until the PM's step timeout, and its retry (same key, same partition) too.
         consumer.resume(partitions)
-        self._paused = False
+        if self._paused and partitions:
+            consumer.pause(partitions)
         log.info("step %s: assigned %s", self.step, [p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
