@@ -85,6 +85,8 @@ class Batch:
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     deferred: dict[tuple[str, int], int] = field(default_factory=dict)  # backpressure: put back from here
+    # Offsets the broker skipped (see InputHandler._skipped): put back to read them again.
+    gaps: dict[tuple[str, int], int] = field(default_factory=dict)
     journal_offsets: dict[str, tuple[int, int]] = field(
         default_factory=dict
     )  # entry id -> (partition, offset)
@@ -103,6 +105,13 @@ class Batch:
     fetched: dict[tuple[str, int], int] = field(default_factory=dict)
     # Inputs whose own output failed with a record-specific error (see pm.runtime.poison).
     failed_inputs: dict[Position, str] = field(default_factory=dict)
+
+    def put_back(self) -> dict[tuple[str, int], int]:
+        """Partitions this batch returns to the consumer from an offset: deferred ones and gaps."""
+        back = dict(self.gaps)
+        for key, offset in self.deferred.items():
+            back[key] = min(back.get(key, offset), offset)
+        return back
 
     def consumed(self, topic: str, partition: int, offset: int) -> None:
         self.first_offsets.setdefault((topic, partition), offset)
@@ -215,7 +224,7 @@ class Checkpoint:
         """The input offsets to commit: past every record consumed, or back to a deferred one."""
         batch = self.batch
         offsets = dict(batch.next_offsets)
-        for key, offset in batch.deferred.items():
+        for key, offset in batch.put_back().items():
             if key in batch.first_offsets:
                 offsets[key] = offset
         return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
@@ -249,16 +258,20 @@ class Checkpoint:
         with contextlib.suppress(KafkaException):
             self.producer.abort_transaction(10)
 
-    def rewind(self, retry_times: RetryTimes) -> None:
-        """Put the consumer back to the batch's first offsets: the records will be consumed again."""
+    def rewind(self, retry_times: RetryTimes) -> dict[tuple[str, int], int]:
+        """Put the consumer back to the batch's first offsets: the records will be consumed again.
+
+        Returns where each partition was put back to.
+        """
         batch = self.batch
         retry_times.keep(batch.decided_at)
         firsts = {**batch.fetched, **batch.first_offsets}
-        for key, offset in batch.deferred.items():
+        for key, offset in batch.put_back().items():
             firsts[key] = min(firsts.get(key, offset), offset)
         for (topic, partition), offset in firsts.items():
             with contextlib.suppress(KafkaException):
                 self.consumer.seek(TopicPartition(topic, partition, offset))
+        return firsts
 
     def apply(
         self, stores: Mapping[int, PartitionStore], cache: ProcessCache, timers: TimerService
@@ -289,7 +302,7 @@ class Checkpoint:
                 store.write(write)
                 active[partition] = store.active
         timers.mark_fired(batch.fired)
-        for (topic, partition), offset in batch.deferred.items():
+        for (topic, partition), offset in batch.put_back().items():
             with contextlib.suppress(KafkaException):
                 self.consumer.seek(TopicPartition(topic, partition, offset))
         return active

@@ -222,6 +222,7 @@ class ProcessManager:
     # ------------------------------------------------------------ rebalance
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._inputs.forget(sorted({tp.partition for tp in partitions}))  # positions start afresh
         self._backpressure.assign(consumer, partitions)
         self.timers.reset()
         wanted = sorted({tp.partition for tp in partitions})
@@ -239,6 +240,7 @@ class ProcessManager:
         # Only the revoked partitions: a kept partition's aborted batch is still to be retried.
         self._retry_times.forget(revoked)
         self._inputs.isolation.forget(revoked)
+        self._inputs.forget(revoked)
         self._backpressure.revoke(revoked)
 
     def _close_stores(self, partitions: Iterable[int]) -> None:
@@ -329,14 +331,14 @@ class ProcessManager:
             self._commit()
         except KafkaException as exc:
             checkpoint.abort(exc)  # FencedError when this instance can no longer commit
-            checkpoint.rewind(self._retry_times)
+            self._inputs.expected.update(checkpoint.rewind(self._retry_times))
             self.stats.aborts += 1
             error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
             self._inputs.isolation.after_abort(batch.inputs, batch.failed_inputs, error)
             return 0
         except BaseException:
             checkpoint.abandon()
-            checkpoint.rewind(self._retry_times)
+            self._inputs.expected.update(checkpoint.rewind(self._retry_times))
             raise
         # 5. the store, after the commit (a crash before this is repaired by catch-up)
         self._apply(checkpoint)
@@ -357,6 +359,7 @@ class ProcessManager:
                 )
         for (topic, partition), offset in first_rest.items():
             self.consumer.seek(TopicPartition(topic, partition, offset))
+            self._inputs.expected[(topic, partition)] = offset
         return kept
 
     def _commit(self) -> None:
@@ -381,6 +384,7 @@ class ProcessManager:
         """Step 5: the committed batch goes to the stores and the cache; stats and backpressure follow."""
         self._backpressure.active.update(checkpoint.apply(self.stores, self._cache, self.timers))
         batch = checkpoint.batch
+        self._inputs.expected.update(batch.put_back())
         self._watch(batch.changes)
         self.stats.batches += 1
         self.stats.handled += batch.handled
