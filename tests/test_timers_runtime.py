@@ -6,32 +6,22 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+from test_runtime_recovery import records
 from test_runtime_support import PmThread, classified, email, publish, read_topic, wait_until
 
 from pm.codec import decode
 from pm.config import Config
 from pm.events import TimerFired
-from pm.store import PartitionStore, TimerEntry, list_store_paths
+from pm.store import PartitionStore, TimerEntry
 
 FULL_SCAN = 2**62  # PartitionStore.timers(): the one scan that loads a heap
 
 
 def _stages(configs: list[Config]) -> dict[str, str]:
     """correlation ID -> stage, from the newest record across instances (a moved partition leaves a copy)."""
-    newest: dict[str, dict[str, Any]] = {}
-    for config in configs:
-        for partition, path in list_store_paths(config):
-            store = PartitionStore(path, partition, read_only=True)
-            try:
-                for cid, data in store.records():
-                    if cid not in newest or data["journal_offset"] > newest[cid]["journal_offset"]:
-                        newest[cid] = data
-            finally:
-                store.close()
-    return {cid: str(data["state"]["stage"]) for cid, data in newest.items()}
+    return {cid: str(data["state"]["stage"]) for cid, data in records(configs).items()}
 
 
 def test_timers_fire_once_from_memory_across_a_rebalance(
