@@ -70,6 +70,7 @@ log = logging.getLogger("pm.consumers")
 
 Headers = telemetry.Headers
 TP = tuple[str, int]
+COMMIT_INTERVAL = 0.1  # seconds between asynchronous offset commits
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,7 @@ class StepConsumer:
         self._finished: queue.Queue[_Work] = queue.Queue()
         self._inflight: dict[str, _Work] = {}  # command ID -> its run
         self._tracker = OffsetTracker()
+        self._last_commit = 0.0  # monotonic time of the last asynchronous commit
         self._paused = False
         self._fatal: BaseException | None = None
         self._consumer: Consumer | None = None
@@ -380,7 +382,12 @@ class StepConsumer:
         self._producer.poll(0)
         if self._fatal is not None:
             raise self._fatal
-        self._commit(asynchronous=True)
+        # At most one asynchronous commit per COMMIT_INTERVAL: one per loop was a commit request per
+        # result under load. Committing later is safe (a redelivered command is answered from the
+        # ledger); revoke and shutdown commit synchronously, whatever the interval.
+        if time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
+            self._last_commit = time.monotonic()
+            self._commit(asynchronous=True)
         self._flow_control()
 
     def _flow_control(self) -> None:
