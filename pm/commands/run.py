@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def _logging() -> None:
     """INFO by default (PM_LOG_LEVEL to change it); per-request lines of HTTP clients only at DEBUG.
 
-    httpx logs every request at INFO: one line per fetch-order / LLM call was a measurable share
+    httpx logs every request at INFO: one line per HTTP or LLM call of a step was a measurable share
     of a step consumer's CPU (issue 15) and buried the lines that matter.
     """
     level = logging.getLevelName(os.environ.get("PM_LOG_LEVEL", "INFO").upper())

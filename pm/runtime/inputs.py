@@ -307,7 +307,7 @@ class InputHandler:
         Offsets of a partition are consecutive unless a transaction marker (or compaction) takes
         one. The local broker (Tansu) can also answer a fetch with a later producer's batch while an
         earlier producer's batch is reserved but not yet stored (partitions with several writers:
-        results of five step consumers, e-mails of several upstreams); committing past it would lose
+        results of five step consumers, start events from several upstreams); committing past it would lose
         those records for good (bench/fetch_skip.py). So the partition is put back to the expected
         offset once; if the broker starts at this record again, the gap is real and accepted.
         """
