@@ -47,6 +47,7 @@ __all__ = [
     "fold_entry",
     "decision_time",
     "operate",
+    "park",
     "park_refusal",
     "stuck",
 ]
@@ -179,6 +180,18 @@ def stuck(record: ProcessRecord) -> bool:
     return record.state.status == Status.RUNNING and not record.timers
 
 
+def park(
+    state: ProcessState, quarantine: Quarantine | None, reason: str | None, parked: tuple[str, bytes]
+) -> tuple[ProcessState, Quarantine]:
+    """The state and quarantine after one more input is parked (the first one quarantines)."""
+    if quarantine is None:
+        quarantine = Quarantine(
+            reason=reason or "quarantined", previous_status=str(state.status), previous_reason=state.reason
+        )
+    quarantine = replace(quarantine, parked=(*quarantine.parked, parked))
+    return state.model_copy(update={"status": Status.QUARANTINED, "reason": quarantine.reason}), quarantine
+
+
 def park_refusal(quarantine: Quarantine, raw: bytes) -> str | None:
     """Why one more input cannot be parked for this quarantine (then it goes to the DLQ), or None."""
     if len(quarantine.parked) >= MAX_PARKED:
@@ -272,19 +285,11 @@ def advance(
     timers = dict(record.timers) if record is not None else {}
     quarantine = record.quarantine if record is not None else None
     processed = [*(record.processed if record is not None else []), event.event_id][-MAX_PROCESSED:]
+    new_state: ProcessState
     if outcome.outcome in ("parked", "quarantined") and outcome.park is not None:
-        # Not processed: the input comes back (republished) on release and is decided then.
+        # Not processed: the release decides it then (its event ID must not look like a duplicate).
         processed = list(record.processed) if record is not None else []
-        if quarantine is None:
-            quarantine = Quarantine(
-                reason=outcome.reason or "quarantined",
-                previous_status=str(state.status),
-                previous_reason=state.reason,
-            )
-        quarantine = replace(quarantine, parked=(*quarantine.parked, outcome.park))
-        new_state: ProcessState = state.model_copy(
-            update={"status": Status.QUARANTINED, "reason": quarantine.reason}
-        )
+        new_state, quarantine = park(state, quarantine, outcome.reason, outcome.park)
     elif outcome.outcome == "applied" and outcome.decision is not None:
         new_state = outcome.decision.state
         quarantine = None  # applied to a quarantined process: an operator released or escalated it

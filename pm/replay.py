@@ -30,7 +30,7 @@ from pm.codec import decode
 from pm.config import Config
 from pm.errors import PmError
 from pm.events import Event, OperatorCommand, TimerSpec, utc_ms
-from pm.fold import ProcessRecord, Quarantine, operate
+from pm.fold import ProcessRecord, Quarantine, operate, park
 from pm.journal import (
     JOURNAL_TOPIC,
     JournalRecord,
@@ -957,23 +957,8 @@ def _runtime_entry(
     entry, event = record.entry, record.event
     p = entry.payload
     if p.outcome in ("parked", "quarantined"):
-        if quarantine is None:
-            quarantine = Quarantine(
-                reason=p.reason or "quarantined",
-                previous_status=str(state.status),
-                previous_reason=state.reason,
-            )
-        quarantine = Quarantine(
-            quarantine.reason,
-            quarantine.previous_status,
-            quarantine.previous_reason,
-            (*quarantine.parked, (p.input_topic, bytes(p.event))),
-        )
-        return (
-            state.model_copy(update={"status": Status.QUARANTINED, "reason": quarantine.reason}),
-            quarantine,
-            True,
-        )
+        parked_state, quarantine = park(state, quarantine, p.reason, (p.input_topic, bytes(p.event)))
+        return parked_state, quarantine, True
     if not isinstance(event, OperatorCommand):
         return None
     if p.outcome != "applied":
