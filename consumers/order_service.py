@@ -59,6 +59,10 @@ def load_orders(path: Path = DEFAULT_ORDERS_FILE) -> dict[str, Order]:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    # Keep-alive: the fetch-order client pools connections; HTTP/1.0 made it connect (and resolve) per
+    # request. Every reply sets Content-Length. An idle connection's thread ends after `timeout` s.
+    protocol_version = "HTTP/1.1"
+    timeout = 60
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         url = urlsplit(self.path)

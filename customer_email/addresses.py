@@ -33,6 +33,7 @@ addr-spec lower-cased (`Jane Doe <Jane@Example.com>` -> `jane@example.com`) and 
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 import unicodedata
 from email.headerregistry import AddressHeader
@@ -64,14 +65,33 @@ class AddressError(ValueError):
 
 def parse_address(value: str, *, field: str = "address") -> str:
     """The single addr-spec in `value`, lower-cased, without display name; `AddressError` otherwise."""
-
-    def refuse(reason: str) -> AddressError:
-        return AddressError(f"{field}: {reason}")
-
     if not isinstance(value, str):
-        raise refuse(f"expected a string, got {type(value).__name__}")
-    if len(value) > MAX_HEADER_CHARS:
-        raise refuse(f"{len(value)} characters, at most {MAX_HEADER_CHARS} allowed")
+        raise AddressError(f"{field}: expected a string, got {type(value).__name__}")
+    if len(value) > MAX_HEADER_CHARS:  # before the cache, which must never hold a huge value
+        raise AddressError(f"{field}: {len(value)} characters, at most {MAX_HEADER_CHARS} allowed")
+    address, reason = _parse(value)
+    if reason is not None:
+        raise AddressError(f"{field}: {reason}")
+    return address
+
+
+class _Refused(Exception):
+    """Why `_parse` refused a value (the caller adds the field name)."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(value: str) -> tuple[str, str | None]:
+    """(address, None) or ("", reason). Memoised: the rules check the same few addresses several times
+    per decision, and the header parser is the costliest part of a decision. Values are at most
+    MAX_HEADER_CHARS long (checked by the caller), so the cache holds at most ~1 MiB."""
+    try:
+        return _parse_uncached(value), None
+    except _Refused as refused:
+        return "", str(refused)
+
+
+def _parse_uncached(value: str) -> str:
+    refuse = _Refused
     for char in value:
         if _is_control(char):
             raise refuse(f"control character U+{ord(char):04X} not allowed")

@@ -1072,6 +1072,18 @@ def _unique(items: list[str]) -> tuple[str, ...]:
 
 def find_money(text: str) -> MoneyFindings:
     """Amounts, unparsed money mentions and promise terms in a reply text (see module docstring)."""
+    if len(text) > MAX_SCAN_CHARS:  # never cached: the cache must not keep huge texts alive
+        return _find_money(text)
+    return _find_money_cached(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _find_money_cached(text: str) -> MoneyFindings:
+    """One scan per text: a decision checks the same draft body in the guard and for the approval reasons."""
+    return _find_money(text)
+
+
+def _find_money(text: str) -> MoneyFindings:
     head = text[:MAX_SCAN_CHARS]
     nfkc, norm = _normalize(head)
     truncated = len(text) > MAX_SCAN_CHARS or len(norm) > MAX_SCAN_CHARS

@@ -55,6 +55,10 @@ class Config:
     # The largest record pm produces or accepts: Apache Kafka's default (producer message.max.bytes).
     # An input larger goes to the DLQ; a decision whose outputs would be larger fails its process.
     max_record_bytes: int = 1_000_000
+    # The PM's input partitions: "" = the consumer group assigns them (rebalances on join and leave);
+    # "all" or a list like "0-2,5" = this instance takes exactly those, without a group join (a
+    # restart resumes at once; two instances must never be given overlapping lists).
+    partitions: str = ""
 
     def setting(self, name: str, default: str = "") -> str:
         """An app setting (`settings:` in the config file, or PM_<NAME>), else `default`."""
@@ -63,6 +67,25 @@ class Config:
     def with_settings(self, **values: object) -> Config:
         """A copy with these app settings set (values as text, as the environment would give them)."""
         return replace(self, settings={**self.settings, **{k: str(v) for k, v in values.items()}})
+
+    def static_partitions(self, count: int) -> list[int] | None:
+        """The partition numbers of `partitions` among `count` (None: group-assigned); ConfigError if malformed."""
+        spec = self.partitions.strip()
+        if not spec:
+            return None
+        if spec == "all":
+            return list(range(count))
+        numbers: set[int] = set()
+        for item in spec.split(","):
+            low, sep, high = item.strip().partition("-")
+            try:
+                first, last = int(low), int(high if sep else low)
+            except ValueError:
+                raise ConfigError(f"setting 'partitions': {item.strip()!r} is not N or N-M (in {spec!r})") from None
+            if not 0 <= first <= last < count:
+                raise ConfigError(f"setting 'partitions': {item.strip()!r} is outside 0-{count - 1} (in {spec!r})")
+            numbers.update(range(first, last + 1))
+        return sorted(numbers)
 
     def topic(self, name: str) -> str:
         """The physical topic name for a logical one (`cmd.classify` -> `<prefix>cmd.classify`)."""
@@ -105,6 +128,7 @@ _ENV_FIELDS: dict[str, str] = {
     "PM_REVIEWERS": "reviewers",
     "PM_FETCH_WAIT_MAX_MS": "fetch_wait_max_ms",
     "PM_MAX_RECORD_BYTES": "max_record_bytes",
+    "PM_PARTITIONS": "partitions",
 }
 
 

@@ -112,7 +112,12 @@ def iter_journal(
         pending = set(wanted)
         idle_since = time.monotonic()
         while pending:
-            messages = consumer.consume(num_messages=500, timeout=0.2)
+            # What is fetched already, else wait for the first record: consume(n, timeout) would wait the
+            # whole timeout whenever fewer than n arrive (200 ms per catch-up of a short partition).
+            messages = consumer.consume(num_messages=500, timeout=0)
+            if not messages:
+                first = consumer.poll(0.2)
+                messages = [] if first is None else [first, *consumer.consume(num_messages=499, timeout=0)]
             if not messages:
                 if time.monotonic() - idle_since > idle_timeout:
                     raise JournalIdle(

@@ -75,6 +75,7 @@ class PmProcess:
             "PM_STATE_DIR": str(config.state_dir),
             "PM_INSTANCE_ID": config.instance_id,
             "PM_FETCH_WAIT_MAX_MS": "10",
+            "PM_PARTITIONS": config.partitions,  # empty: group-assigned
         }
         self.proc = subprocess.Popen(
             [sys.executable, "-c", PM_SCRIPT, str(TESTS), str(batch_size)],

@@ -49,6 +49,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--max-active", type=int, default=None, help="pause the start topics above N active processes"
     )
     pm.add_argument("--rebuild", action="store_true", help="rebuild a store that does not match the journal")
+    pm.add_argument(
+        "--partitions",
+        default=None,
+        help="take these input partitions (all, or e.g. 0-2,5) without a consumer group join (PM_PARTITIONS)",
+    )
     pm.set_defaults(handler=_pm)
 
     every = parts.add_parser("all", parents=[common], help="the PM and every step consumer, supervised")
@@ -128,6 +133,7 @@ def _pm(args: argparse.Namespace, config: Config) -> int:
     from pm.telemetry import setup_telemetry
 
     setup_telemetry("pm")
+    config = config.with_overrides(partitions=args.partitions)
     options = {} if args.max_active is None else {"max_active": args.max_active}
     run_process_manager(config, rebuild=args.rebuild, **options)
     return 0

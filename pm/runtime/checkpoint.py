@@ -205,7 +205,14 @@ class Checkpoint:
 
     def flush(self) -> None:
         """Step 2: everything delivered; the journal offsets are now known."""
-        remaining = self.producer.flush(60)
+        try:
+            remaining = self.producer.flush(60)
+        except SystemError as exc:
+            # confluent-kafka reports a fatal error met while serving delivery reports (e.g. this
+            # producer fenced by a newer one) as a SystemError caused by the KafkaException.
+            if isinstance(exc.__cause__, KafkaException):
+                raise exc.__cause__ from None
+            raise
         if remaining:
             raise KafkaException(
                 KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered", retriable=True)

@@ -161,6 +161,10 @@ class ProcessManager:
 
     @property
     def transactional_id(self) -> str:
+        if self.config.partitions:
+            # Static partitions: the ID names the partitions, so whichever instance takes them next
+            # fences this one (the group cannot do it: there is none).
+            return f"pm-{self.config.topic_prefix}partitions-{self.config.partitions.strip().replace(',', '_')}"
         return f"pm-{self.config.topic_prefix}{self.config.instance_id}"
 
     @property
@@ -197,12 +201,19 @@ class ProcessManager:
                 "stats_cb": self._on_stats,
             },
         )
-        self.consumer.subscribe(
-            [self.config.topic(t) for t in self._input_topics],
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_revoke,
-        )
+        topics = [self.config.topic(t) for t in self._input_topics]
+        static = self.config.static_partitions(min(self._inputs.partitions.values()))
+        if static is None:
+            self.consumer.subscribe(
+                topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
+            return
+        # No group join (on Tansu a join and a sync take ~3 s each, even for a static member coming
+        # back): fetch from the committed offsets of exactly these partitions. Nothing is polled before
+        # the stores are open (below), and assigning first lets the backpressure pause apply at once.
+        assigned = [TopicPartition(topic, p) for topic in topics for p in static]
+        self.consumer.assign(assigned)
+        self._on_assign(self.consumer, assigned)
 
     def close(self) -> None:
         """Leave the group (stores closed by the revoke) and release everything."""
