@@ -20,9 +20,14 @@ import yaml
 
 from pm.errors import PmError
 
-__all__ = ["Config", "ConfigError", "load_config", "DEFAULT_PORT"]
+__all__ = ["Config", "ConfigError", "load_config", "DEFAULT_PORT", "FETCH_WAIT_BY_BROKER"]
 
 DEFAULT_PORT = 9092
+# A consumer's fetch wait per broker kind. Apache Kafka answers a waiting fetch as soon as records
+# arrive, so its default (500 ms) costs no latency and keeps idle fetches rare. Tansu answers only
+# when the wait ends: the wait is added to every hop, and each idle fetch costs it ~1.5 ms of CPU
+# plus ~0.1 ms per partition (bench/RESULTS.md); 50 ms is its compromise.
+FETCH_WAIT_BY_BROKER = {"kafka": 500, "tansu": 50}
 _KAFKA_ENV_PREFIX = "PM_KAFKA_"
 _ENV_PREFIX = "PM_"
 _NOT_SETTINGS = frozenset({"PM_CONFIG"})  # read by load_config itself
@@ -50,8 +55,10 @@ class Config:
     # Approvals
     approval_keys: Mapping[str, str] = field(default_factory=dict)
     reviewers: tuple[str, ...] = ()
-    # Latency knob for local brokers (see shared notes: Tansu answers waiting fetches late).
-    fetch_wait_max_ms: int = 100
+    # How long a consumer's fetch may wait for records; 0 = by broker kind (`fetch_wait_ms`).
+    fetch_wait_max_ms: int = 0
+    # "kafka" or "tansu"; "" = tansu when the bootstrap is the local broker `pm broker start` recorded.
+    broker_kind: str = ""
     # The largest record pm produces or accepts: Apache Kafka's default (producer message.max.bytes).
     # An input larger goes to the DLQ; a decision whose outputs would be larger fails its process.
     max_record_bytes: int = 1_000_000
@@ -102,17 +109,34 @@ class Config:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     @property
-    def resolved_bootstrap(self) -> str:
-        """Bootstrap servers; when unset, the local broker `pm broker start` recorded, else the default port."""
-        if self.bootstrap:
-            return self.bootstrap
+    def resolved_broker_kind(self) -> str:
+        """`broker_kind`, else "tansu" for the local broker `pm broker start` recorded, else "kafka"."""
+        if self.broker_kind:
+            if self.broker_kind not in FETCH_WAIT_BY_BROKER:
+                raise ConfigError(
+                    f"setting 'broker_kind': {self.broker_kind!r}, expected one of {', '.join(FETCH_WAIT_BY_BROKER)}"
+                )
+            return self.broker_kind
+        return "tansu" if self._recorded_bootstrap() == self.resolved_bootstrap else "kafka"
+
+    @property
+    def fetch_wait_ms(self) -> int:
+        """`fetch_wait_max_ms`, else the default for the broker kind (FETCH_WAIT_BY_BROKER)."""
+        return self.fetch_wait_max_ms or FETCH_WAIT_BY_BROKER[self.resolved_broker_kind]
+
+    def _recorded_bootstrap(self) -> str | None:
         info = self.state_dir / "broker.json"
         if info.exists():
             try:
                 return str(json.loads(info.read_text())["bootstrap"])
             except (ValueError, KeyError):
                 pass
-        return f"127.0.0.1:{DEFAULT_PORT}"
+        return None
+
+    @property
+    def resolved_bootstrap(self) -> str:
+        """Bootstrap servers; when unset, the local broker `pm broker start` recorded, else the default port."""
+        return self.bootstrap or self._recorded_bootstrap() or f"127.0.0.1:{DEFAULT_PORT}"
 
 
 _ENV_FIELDS: dict[str, str] = {
@@ -127,6 +151,7 @@ _ENV_FIELDS: dict[str, str] = {
     "PM_APPROVAL_KEYS": "approval_keys",
     "PM_REVIEWERS": "reviewers",
     "PM_FETCH_WAIT_MAX_MS": "fetch_wait_max_ms",
+    "PM_BROKER_KIND": "broker_kind",
     "PM_MAX_RECORD_BYTES": "max_record_bytes",
     "PM_PARTITIONS": "partitions",
 }

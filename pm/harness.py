@@ -44,7 +44,7 @@ def child_env(config: Config, **extra: str) -> dict[str, str]:
         "PM_BOOTSTRAP": config.resolved_bootstrap,
         "PM_STATE_DIR": str(config.state_dir),
         "PM_TOPIC_PREFIX": config.topic_prefix,
-        "PM_FETCH_WAIT_MAX_MS": str(config.fetch_wait_max_ms),
+        "PM_FETCH_WAIT_MAX_MS": str(config.fetch_wait_ms),
     }
     env.update(extra)
     return env

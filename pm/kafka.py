@@ -65,7 +65,7 @@ def consumer_settings(config: Config, role: str, group_id: str, **extra: Any) ->
         "isolation.level": "read_committed",
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1000,
-        "fetch.wait.max.ms": config.fetch_wait_max_ms,
+        "fetch.wait.max.ms": config.fetch_wait_ms,
         "partition.assignment.strategy": "range",
     }
     settings.update(extra)

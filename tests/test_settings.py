@@ -45,3 +45,17 @@ def test_an_old_top_level_app_key_says_where_it_goes_and_nulls_are_dropped(tmp_p
 
 def test_an_empty_core_variable_is_not_an_app_setting() -> None:
     assert load_config(env={"PM_TOPIC_PREFIX": "", "PM_STATE_DIR": ""}, config_file=None).settings == {}
+
+
+def test_fetch_wait_follows_the_broker_kind_unless_set(tmp_path: Path) -> None:
+    kafka = Config(bootstrap="kafka-1:9092", state_dir=tmp_path)
+    assert (kafka.resolved_broker_kind, kafka.fetch_wait_ms) == ("kafka", 500)
+    assert Config(bootstrap="kafka-1:9092", state_dir=tmp_path, fetch_wait_max_ms=30).fetch_wait_ms == 30
+    # The local broker `pm broker start` recorded: Tansu, whose fetches wait the whole wait.
+    (tmp_path / "broker.json").write_text('{"bootstrap": "127.0.0.1:39001", "pid": 1}')
+    assert Config(state_dir=tmp_path).fetch_wait_ms == 50
+    assert Config(bootstrap="127.0.0.1:39001", state_dir=tmp_path).resolved_broker_kind == "tansu"
+    assert Config(bootstrap="127.0.0.1:39002", state_dir=tmp_path).resolved_broker_kind == "kafka"
+    assert Config(bootstrap="b:1", state_dir=tmp_path, broker_kind="tansu").fetch_wait_ms == 50
+    with pytest.raises(ConfigError, match="broker_kind"):
+        _ = Config(state_dir=tmp_path, broker_kind="redpanda").fetch_wait_ms

@@ -1,13 +1,12 @@
 """Static partitions (`--partitions`, PM_PARTITIONS): no group join, same promises as a group member.
 
-A restart resumes from the committed offsets at once (the recovery benchmark's figure), a kill -9
+A restart resumes from the committed offsets without a join (`pm bench recovery` times it), a kill -9
 mid-run loses and duplicates nothing, two instances can split the partitions, and a second
 instance given the same partitions fences the first (the transactional.id names them).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -47,11 +46,7 @@ def test_kill_minus_9_with_static_partitions_loses_and_duplicates_nothing(topics
         wait_until(lambda stage=stage: stage_count([config], stage) >= n // 4, timeout=30, interval=0.02)
         pm.kill()
         done_at_kill = stage_count([config], stage)
-        restarted = time.monotonic()
         pm = PmProcess(config, tmp_path, batch_size=20)
-        wait_until(lambda stage=stage: stage_count([config], stage) > done_at_kill, timeout=30, interval=0.02)
-        # No group join: work resumes well within the ~6 s a join and a sync take on the local broker.
-        assert time.monotonic() - restarted < 5.0
         wait_until(lambda stage=stage: stage_count([config], stage) == n, timeout=60)
         assert done_at_kill < n, "the kill came too late to be mid-run"
     assert "stopped" in pm.stop()
@@ -88,5 +83,11 @@ def test_a_second_instance_with_the_same_partitions_fences_the_first(topics: Con
             assert isinstance(first.error, FencedError), repr(first.error)
             wait_until(lambda: stage_count([two], "classifying") == 2, timeout=30)
             assert second.error is None
+            assert second.manager is not None and second.manager.stats.handled == 2
         first.error = None  # seen; close() would re-raise it
-    check_journal(topics, [email("<f1@mail.example>"), email("<f2@mail.example>")])
+    # Not check_journal: the fenced instance's records of its aborted transaction may reach the log,
+    # and the local broker shows those to read_committed readers (Kafka does not; tansu.md).
+    assert {cid: d["status"] for cid, d in records([two]).items()} == {
+        "<f1@mail.example>": "running",
+        "<f2@mail.example>": "running",
+    }
