@@ -109,6 +109,7 @@ class ProcessManager:
         self._journal_topic_id: str | None = None
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        self._static_partitions: list[int] | None = None  # PM_PARTITIONS, resolved by start()
         self.assignments = 0  # completed assignments (stores open and caught up): tests and demos wait on it
 
     # ------------------------------------------------------------ settings the parts hold (kept settable)
@@ -162,9 +163,12 @@ class ProcessManager:
     @property
     def transactional_id(self) -> str:
         if self.config.partitions:
-            # Static partitions: the ID names the partitions, so whichever instance takes them next
-            # fences this one (the group cannot do it: there is none).
-            return f"pm-{self.config.topic_prefix}partitions-{self.config.partitions.strip().replace(',', '_')}"
+            # Static partitions: the ID names the partition set (not its spelling: "all", "0-5" and
+            # "0-2,3-5" are one set), so whichever instance takes them next fences this one (the
+            # group cannot do it: there is none).
+            if self._static_partitions is None:
+                raise PmError("process manager not started: its partitions are not known yet")
+            return f"pm-{self.config.topic_prefix}partitions-{_ranges(self._static_partitions)}"
         return f"pm-{self.config.topic_prefix}{self.config.instance_id}"
 
     @property
@@ -184,6 +188,7 @@ class ProcessManager:
             self.config.topic(t): layout.spec(t).partitions for t in self._input_topics
         }
         self._journal_topic_id = journal_topic_id(self.config)
+        self._static_partitions = self.config.static_partitions(min(self._inputs.partitions.values()))
         # The producer first: init_transactions fences and aborts what a previous run of this
         # instance left open, which would otherwise hold read_committed (and our catch-up) back.
         self._producer = make_transactional_producer(self.config, "pm", self.transactional_id)
@@ -202,7 +207,7 @@ class ProcessManager:
             },
         )
         topics = [self.config.topic(t) for t in self._input_topics]
-        static = self.config.static_partitions(min(self._inputs.partitions.values()))
+        static = self._static_partitions
         if static is None:
             self.consumer.subscribe(
                 topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -457,3 +462,14 @@ class ProcessManager:
                             "messaging.destination.partition.id": partition,
                         },
                     )
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Sorted partition numbers as ranges: [0, 1, 2, 5] -> "0-2_5"."""
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return "_".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
