@@ -122,9 +122,10 @@ class Scenario:
 class JournalWriter:
     """Runs whole processes through decide and produces their journal entries (no PM, no consumers)."""
 
-    def __init__(self, config: Config, scenario: Scenario) -> None:
+    def __init__(self, config: Config, scenario: Scenario, *, snapshots: bool = True) -> None:
         self.config = config
         self.scenario = scenario
+        self.snapshots = snapshots  # False: entries as before schema version 3 (no `record`)
         self.partitions = load_layout().spec(JOURNAL_TOPIC).partitions
         self._offsets: dict[tuple[str, int], int] = {}
 
@@ -157,6 +158,7 @@ class JournalWriter:
                 outcome=outcome,
                 status=record.status,
                 decided_at=event.occurred_at,
+                record=record.snapshot() if self.snapshots else None,
             )
             yield partition, encode(entry), cid
             if outcome.decision is not None:

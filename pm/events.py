@@ -376,13 +376,19 @@ class JournalEntryPayload(Model):
     # When the PM decided (the `now` decide saw); replays pass it again. None in version-1 entries,
     # which were decided with the input's occurred_at.
     decided_at: Timestamp | None = None
+    # The process record after this entry (JSON, as the store keeps it less `journal_offset`): a
+    # rebuild takes the last one per process instead of re-deciding every input. None in entries
+    # before version 3, for a quarantined process (its parked inputs can be large) and when it would
+    # not fit the record limit; the fold re-decides those entries as before.
+    record: bytes | None = None
 
 
 @event_type
 class JournalEntry(Event):
     TYPE = "JournalEntry"
     TOPIC = "pm.journal"
-    SCHEMA_VERSION = 2  # the payload gained `decided_at` (schemas/v1/ keeps version 1)
+    # 2: the payload gained `decided_at` (schemas/v1/ keeps version 1); 3: `record` (schemas/v2/).
+    SCHEMA_VERSION = 3
     payload: JournalEntryPayload
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
+from pydantic_core import from_json, to_json
+
 from pm.codec import encode
 from pm.errors import PmError
 from pm.events import (
@@ -47,6 +49,8 @@ __all__ = [
     "fold_entry",
     "decision_time",
     "operate",
+    "stored_bytes",
+    "stored_form",
     "park",
     "park_refusal",
     "stuck",
@@ -142,6 +146,18 @@ class ProcessRecord:
             "timers": {k: [due, name] for k, (due, name) in self.timers.items()},
             **({"quarantine": self.quarantine.to_json()} if self.quarantine is not None else {}),
         }
+
+    def snapshot(self) -> bytes | None:
+        """The record as a journal entry carries it (JSON, no `journal_offset`); None when quarantined.
+
+        A quarantined record holds its parked inputs (up to MAX_PARKED_BYTES): entries of such a
+        process are folded by re-deciding, as entries without a record are.
+        """
+        if self.quarantine is not None:
+            return None
+        data = self.to_json()
+        del data["journal_offset"]
+        return to_json(data)
 
     @classmethod
     def from_json(
@@ -328,8 +344,12 @@ def build_entry(
     outcome: Outcome,
     status: str,
     decided_at: datetime | None = None,
+    record: bytes | None = None,
 ) -> JournalEntry:
-    """The journal entry for one accepted input: what came in (exact bytes) and what was decided."""
+    """The journal entry for one accepted input: what came in (exact bytes) and what was decided.
+
+    `record`: the process record after it (`ProcessRecord.snapshot`), so a rebuild need not re-decide.
+    """
     decision = outcome.decision if outcome.outcome == "applied" else None
     payload = JournalEntryPayload(
         process=definition.name,
@@ -346,6 +366,7 @@ def build_entry(
         timers_scheduled=list(decision.schedule) if decision else [],
         timers_cancelled=list(decision.cancel) if decision else [],
         decided_at=decided_at,
+        record=record,
     )
     return JournalEntry(
         event_id=derive_id(event.event_id, "journal"),
@@ -354,6 +375,28 @@ def build_entry(
         occurred_at=event.occurred_at,
         payload=payload,
     )
+
+
+def stored_form(snapshot: bytes, journal_offset: int) -> tuple[dict[str, Any], bytes]:
+    """The store's record (`ProcessRecord.to_json`), parsed and encoded, from an entry's `record` and offset."""
+    try:
+        data = from_json(snapshot)
+    except ValueError as exc:
+        raise JournalError(f"a journal entry's record is not JSON: {exc}") from exc
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("state"), dict)
+        or "journal_offset" in data
+        or snapshot[:1] != b"{"
+    ):
+        raise JournalError("a journal entry's record is not a process record")
+    data["journal_offset"] = journal_offset
+    return data, stored_bytes(snapshot, journal_offset)
+
+
+def stored_bytes(snapshot: bytes, journal_offset: int) -> bytes:
+    """The store's encoded record: a `ProcessRecord.snapshot` with its journal offset put back in."""
+    return b'{"journal_offset":%d,' % journal_offset + snapshot[1:]
 
 
 def decision_time(entry: JournalEntry, event: Event) -> datetime:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from typing import NamedTuple
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
@@ -27,6 +28,8 @@ from pm.fold import (
     decision_time,
     evaluate,
     fold_entry,
+    stored_bytes,
+    stored_form,
 )
 from pm.kafka import make_consumer
 
@@ -40,6 +43,11 @@ __all__ = [
     "ProcessRecord",
     "Verifier",
     "iter_journal",
+    "iter_journal_raw",
+    "RawJournalRecord",
+    "decode_entry",
+    "stored_bytes",
+    "stored_form",
     "journal_partitions",
     "build_entry",
     "evaluate",
@@ -70,16 +78,22 @@ def journal_partitions(config: Config, timeout: float = 10.0) -> list[int]:
         consumer.close()
 
 
-def iter_journal(
+class RawJournalRecord(NamedTuple):
+    partition: int
+    offset: int
+    key: bytes | None  # the correlation ID, as the PM keys every entry
+    value: bytes  # the encoded JournalEntry
+
+
+def iter_journal_raw(
     config: Config,
     partitions: list[int] | None = None,
     start: int | Mapping[int, int] | None = None,
     *,
     idle_timeout: float = 30.0,
-    decode_events: bool = True,
     reset: str = "earliest",
-) -> Iterator[JournalRecord]:
-    """Every journal record of `partitions` (all when None) from `start` to the end, per partition in order.
+) -> Iterator[RawJournalRecord]:
+    """Every journal record of `partitions` (all when None) from `start` to the end, undecoded.
 
     `start`: None = the beginning, an int = that offset on every partition, a mapping =
     per-partition offsets. "The end" is the partition EOF event (`enable.partition.eof`),
@@ -136,14 +150,35 @@ def iter_journal(
                 value = message.value()
                 if value is None:
                     continue
-                entry = decode(value)
-                if not isinstance(entry, JournalEntry):
-                    raise JournalError(
-                        f"{topic}[{message.partition()}]@{message.offset()} holds a {entry.type}"
-                    )
-                event = decode(entry.payload.event) if decode_events else entry
-                yield JournalRecord(int(message.partition() or 0), int(message.offset() or 0), entry, event)
+                yield RawJournalRecord(
+                    int(message.partition() or 0), int(message.offset() or 0), message.key(), value
+                )
     except KafkaException as exc:
         raise JournalError(f"reading {topic}: {exc}") from exc
     finally:
         consumer.close()
+
+
+def decode_entry(record: RawJournalRecord, topic: str = JOURNAL_TOPIC) -> JournalEntry:
+    """The JournalEntry a raw journal record holds (JournalError for another event, CodecError if corrupt)."""
+    entry = decode(record.value)
+    if not isinstance(entry, JournalEntry):
+        raise JournalError(f"{topic}[{record.partition}]@{record.offset} holds a {entry.type}")
+    return entry
+
+
+def iter_journal(
+    config: Config,
+    partitions: list[int] | None = None,
+    start: int | Mapping[int, int] | None = None,
+    *,
+    idle_timeout: float = 30.0,
+    decode_events: bool = True,
+    reset: str = "earliest",
+) -> Iterator[JournalRecord]:
+    """`iter_journal_raw`, each record decoded: the entry, and its input event unless `decode_events` is off."""
+    topic = config.topic(JOURNAL_TOPIC)
+    for raw in iter_journal_raw(config, partitions, start, idle_timeout=idle_timeout, reset=reset):
+        entry = decode_entry(raw, topic)
+        event = decode(entry.payload.event) if decode_events else entry
+        yield JournalRecord(raw.partition, raw.offset, entry, event)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic_core import from_json, to_json
 from rocksdict import AccessType, Options, Rdict, WriteBatch
 
 from pm.config import Config
@@ -100,14 +101,14 @@ class TimerObserver(Protocol):
 class StoreWrite:
     """The changes of one committed batch for one store, applied atomically by `PartitionStore.write`."""
 
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    records: dict[str, dict[str, Any] | bytes] = field(default_factory=dict)  # bytes: encoded JSON
     timers_added: dict[tuple[int, str], TimerEntry] = field(default_factory=dict)
     timers_removed: set[tuple[int, str]] = field(default_factory=set)
     next_offset: int | None = None
     anchor: tuple[int, str] | None = None
     active_delta: int = 0
 
-    def put_record(self, correlation_id: str, record: dict[str, Any]) -> None:
+    def put_record(self, correlation_id: str, record: dict[str, Any] | bytes) -> None:
         self.records[correlation_id] = record
 
     def add_timer(self, timer: TimerEntry) -> None:
@@ -166,7 +167,7 @@ class PartitionStore:
 
     def get_record(self, correlation_id: str) -> dict[str, Any] | None:
         raw = self.db.get(_STATE + correlation_id.encode())
-        return None if raw is None else dict(json.loads(raw))
+        return None if raw is None else dict(from_json(raw))
 
     def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
         it = self.db.iter()
@@ -175,7 +176,7 @@ class PartitionStore:
             key = bytes(it.key())
             if not key.startswith(_STATE):
                 break
-            yield key[len(_STATE) :].decode(), dict(json.loads(it.value()))
+            yield key[len(_STATE) :].decode(), dict(from_json(it.value()))
             it.next()
 
     def due_timers(self, now_ms: int, limit: int = 1000) -> list[TimerEntry]:
@@ -244,7 +245,9 @@ class PartitionStore:
             return
         batch = WriteBatch(raw_mode=True)
         for correlation_id, record in change.records.items():
-            batch.put(_STATE + correlation_id.encode(), json.dumps(record, separators=(",", ":")).encode())
+            batch.put(
+                _STATE + correlation_id.encode(), record if isinstance(record, bytes) else to_json(record)
+            )
         for due_ms, timer_id in change.timers_removed:
             batch.delete(_timer_key(due_ms, timer_id))
         for (due_ms, timer_id), timer in change.timers_added.items():

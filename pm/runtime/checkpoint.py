@@ -18,9 +18,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from pm import telemetry
 from pm.errors import PmError
-from pm.journal import ProcessRecord
+from pm.journal import ProcessRecord, stored_bytes
 from pm.process import ProcessDefinition
-from pm.runtime.state import Position, ProcessCache, RetryTimes, stage_change
+from pm.runtime.state import Position, ProcessCache, RetryTimes, stage_change, stage_stored
 from pm.store import PartitionStore, StoreWrite, TimerEntry
 from pm.timers import TimerService
 
@@ -74,6 +74,7 @@ class Change:
     after: ProcessRecord
     definition: ProcessDefinition[Any]
     entry_id: str  # the last journal entry of this process in the batch
+    record: bytes | None = None  # `after` as that entry carries it (the store takes these bytes)
 
 
 @dataclass
@@ -292,10 +293,22 @@ class Checkpoint:
         writes: dict[int, StoreWrite] = {}
         for correlation_id, change in batch.changes.items():
             located = batch.journal_offsets.get(change.entry_id)
+            write = writes.setdefault(change.partition, StoreWrite())
             if located is not None:
                 change.after.journal_offset = located[1]
-            write = writes.setdefault(change.partition, StoreWrite())
-            stage_change(write, change.before, change.after)
+            if located is not None and change.record is not None:
+                # Encoded once, for the journal entry: the store keeps the same bytes.
+                before = change.before
+                stage_stored(
+                    write,
+                    correlation_id,
+                    stored_bytes(change.record, located[1]),
+                    before.timers if before is not None else {},
+                    change.after.timers,
+                    int(change.after.active) - int(before.active if before is not None else False),
+                )
+            else:
+                stage_change(write, change.before, change.after)
             timers.settle(
                 t for t in (change.before.timers if change.before else {}) if t not in change.after.timers
             )

@@ -203,6 +203,7 @@ class InputHandler:
             after=after,
             definition=definition,
             entry_id=entry.event_id,
+            record=entry.payload.record,
         )
         batch.active_delta += int(after.active) - int(before.active if before is not None else False)
         batch.handled += 1
@@ -227,6 +228,12 @@ class InputHandler:
                 definition, before, state, event, raw, topic, partition, offset, outcome, now
             )
             entry_bytes = encode(entry)
+            if len(entry_bytes) > self.config.max_record_bytes and entry.payload.record is not None:
+                # The record it carries is only a shortcut for rebuilds: leave it out (folds re-decide).
+                entry = entry.model_copy(
+                    update={"payload": entry.payload.model_copy(update={"record": None})}
+                )
+                entry_bytes = encode(entry)
             oversize = self._oversize(entry_bytes, entry)
             if oversize is not None:  # Kafka would refuse it, and the batch would abort forever
                 raise RecordTooLarge(oversize)
@@ -419,6 +426,7 @@ class InputHandler:
             outcome=outcome,
             status=after.status,
             decided_at=now,
+            record=after.snapshot(),
         )
         return after, entry
 

@@ -10,28 +10,134 @@ instance owning the partition meanwhile) are folded in. Their outputs are kept f
 from __future__ import annotations
 
 import time
-from typing import TextIO
+from collections import deque
+from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from pm.codec import decode
 from pm.config import Config
+from pm.events import JournalEntry
 from pm.heap import trim_heap
-from pm.journal import JOURNAL_TOPIC, JournalError, JournalIdle, ProcessRecord, fold_entry, iter_journal
+from pm.journal import (
+    JOURNAL_TOPIC,
+    JournalError,
+    JournalIdle,
+    ProcessRecord,
+    RawJournalRecord,
+    decode_entry,
+    fold_entry,
+    iter_journal_raw,
+    stored_form,
+)
 from pm.kafka import make_admin
 from pm.registry import Registry
-from pm.runtime.state import UnconfirmedOutputs, read_record, stage_change
+from pm.runtime.state import UnconfirmedOutputs, stage_stored, stored_active, stored_timers
 from pm.store import PartitionStore, StoreError, StoreWrite, store_path
 
 # A catch-up of one partition this long leaves enough freed heap to be worth returning (checked per
 # partition: a rebuild of many small partitions does not trim, and does not need to).
 TRIM_AFTER_ENTRIES = 10_000
+# Entries of a partition's tail whose outputs are kept for re-emission: an input journaled but not
+# committed sits in the last transaction or two before a crash (500 inputs each by default).
+UNCONFIRMED_TAIL = 2000
+# Journal records folded into one store write; a process with several entries in one window costs one.
+FOLD_WINDOW = 5000
 
+
+class WindowFold:
+    """Folds a run of consecutive journal records of one partition into one store write.
+
+    Per process, only its last entry in the window counts when that entry carries the record
+    (`JournalEntry.payload.record`): the record is taken as the live run stored it, nothing is
+    re-decided. A process whose last entry has no record (entries before schema version 3, a
+    quarantined process, a record too large to carry) is folded the old way from its latest entry
+    in the window that has one (else from the store), re-deciding each input (`fold_entry`).
+    """
+
+    def __init__(self, registry: Registry, store: PartitionStore, window: list[RawJournalRecord]) -> None:
+        self.registry = registry
+        self.store = store
+        self.window = window
+        self.positions: dict[str, list[int]] = {}
+        self._entries: dict[int, JournalEntry] = {}
+        for index, record in enumerate(window):
+            correlation_id = (
+                record.key.decode() if record.key is not None else self._entry(index).correlation_id
+            )
+            self.positions.setdefault(correlation_id, []).append(index)
+
+    def _entry(self, index: int) -> JournalEntry:
+        entry = self._entries.get(index)
+        if entry is None:
+            entry = self._entries[index] = decode_entry(self.window[index])
+        return entry
+
+    def write(self) -> StoreWrite:
+        write = StoreWrite()
+        for correlation_id, indices in self.positions.items():
+            last = self._entry(indices[-1])
+            if last.correlation_id != correlation_id:
+                record = self.window[indices[-1]]
+                raise JournalError(
+                    f"journal record {record.partition}@{record.offset} is keyed {correlation_id!r} but records "
+                    f"process {last.correlation_id!r}: it was not written by the process manager"
+                )
+            old = self.store.get_record(correlation_id)
+            encoded: dict[str, Any] | bytes
+            if last.payload.record is not None:
+                new, encoded = stored_form(last.payload.record, self.window[indices[-1]].offset)
+                new_timers = stored_timers(new)
+            else:
+                after = self._refold(correlation_id, indices, old)
+                if after is None:
+                    continue
+                new = encoded = after.to_json()
+                new_timers = after.timers
+            stage_stored(
+                write,
+                correlation_id,
+                encoded,
+                stored_timers(old),
+                new_timers,
+                int(stored_active(new)) - int(stored_active(old)),
+            )
+        final = self.window[-1]
+        write.advance(final.offset, self._entry(len(self.window) - 1).event_id)
+        return write
+
+    def _refold(
+        self, correlation_id: str, indices: list[int], old: dict[str, Any] | None
+    ) -> ProcessRecord | None:
+        """Re-decide the process's entries after its latest one in the window that carries its record.
+
+        None when that changes nothing the store holds (every entry re-decided was a duplicate).
+        """
+        record, rest, from_window = None, indices, False
+        for n in range(len(indices) - 2, -1, -1):
+            carried = self._entry(indices[n]).payload.record
+            if carried is not None:
+                stored, _ = stored_form(carried, self.window[indices[n]].offset)
+                record = ProcessRecord.from_json(self.registry, correlation_id, stored)[0]
+                rest, from_window = indices[n + 1 :], True
+                break
+        if record is None and old is not None:
+            record = ProcessRecord.from_json(self.registry, correlation_id, old)[0]
+        changed = from_window
+        for index in rest:
+            entry = self._entry(index)
+            event = decode(entry.payload.event)
+            after = fold_entry(self.registry, record, entry, event, self.window[index].offset)
+            if after is not None:
+                record, changed = after, True
+        return record if changed else None
 
 
 class CatchUpError(StoreError):
     """Reading the journal failed or stalled during catch-up: the store is fine, a restart may succeed."""
 
     transient = True
+
 
 class _AnchorMismatch(Exception):
     pass
@@ -133,12 +239,13 @@ class PartitionRecovery:
         start = self._anchor_start(anchor[0]) if anchor is not None else 0
         from_scratch = anchor is None
         started = time.monotonic()
-        overlay: dict[str, ProcessRecord] = {}
-        write = StoreWrite()
+        window: list[RawJournalRecord] = []
+        # The journal's tail, decoded at the end for its outputs (`UnconfirmedOutputs`).
+        tail: deque[RawJournalRecord] = deque(maxlen=UNCONFIRMED_TAIL)
         folded = 0
         anchored = anchor is None
         try:
-            records = iter_journal(
+            records = iter_journal_raw(
                 self.config,
                 [partition],
                 {partition: start},
@@ -150,25 +257,20 @@ class PartitionRecovery:
                     if anchor is not None and record.offset < anchor[0]:
                         continue  # before the anchor: already reflected in the store
                     # The record the store last folded must still be there, unchanged.
-                    if anchor is not None and (record.offset, record.entry.event_id) != anchor:
+                    found = decode_entry(record).event_id
+                    if anchor is not None and (record.offset, found) != anchor:
                         raise _AnchorMismatch(
-                            f"journal offset {record.offset} holds {record.entry.event_id}, the store expected "
+                            f"journal offset {record.offset} holds {found}, the store expected "
                             f"{anchor[1]} at offset {anchor[0]}"
                         )
                     anchored = True
                     continue
-                correlation_id = record.entry.correlation_id
-                before = overlay.get(correlation_id) or self._stored(store, correlation_id)
-                after = fold_entry(self.registry, before, record.entry, record.event, record.offset)
-                if after is not None:
-                    stage_change(write, before, after)
-                    overlay[correlation_id] = after
-                self.unconfirmed.remember(record.entry)
-                write.advance(record.offset, record.entry.event_id)
-                folded += 1
-                if folded % 5000 == 0:
-                    store.write(write)
-                    write, overlay = StoreWrite(), {}
+                window.append(record)
+                tail.append(record)
+                if len(window) == FOLD_WINDOW:
+                    store.write(WindowFold(self.registry, store, window).write())
+                    folded += len(window)
+                    window = []
                     if from_scratch:
                         print(
                             f"pm: rebuilding partition {partition}: {folded} journal entries folded",
@@ -191,7 +293,11 @@ class PartitionRecovery:
             raise _AnchorMismatch(
                 f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
             )
-        store.write(write)
+        if window:
+            store.write(WindowFold(self.registry, store, window).write())
+            folded += len(window)
+        for record in tail:
+            self.unconfirmed.remember(decode_entry(record))
         if folded >= TRIM_AFTER_ENTRIES:
             trim_heap()  # the fold's garbage is freed, but glibc keeps the pages: hand them back
         if from_scratch and folded:
@@ -220,7 +326,3 @@ class PartitionRecovery:
         if high <= 0:
             return 0
         return max(0, min(anchor_offset, high - 1))
-
-    def _stored(self, store: PartitionStore, correlation_id: str) -> ProcessRecord | None:
-        found = read_record(self.registry, store, correlation_id)
-        return found[0] if found is not None else None

@@ -13,7 +13,7 @@ from typing import Any
 
 from pm.events import JournalEntry
 from pm.journal import ProcessRecord
-from pm.process import ProcessDefinition
+from pm.process import ProcessDefinition, Status
 from pm.registry import Registry
 from pm.store import PartitionStore, StoreWrite, TimerEntry
 
@@ -24,15 +24,44 @@ Position = tuple[str, int, int]  # an input record: (topic, partition, offset)
 
 def stage_change(write: StoreWrite, old: ProcessRecord | None, new: ProcessRecord) -> None:
     """Add a process record change to a store write: the record, timer index diff, active count."""
-    write.put_record(new.correlation_id, new.to_json())
-    old_timers = old.timers if old is not None else {}
+    stage_stored(
+        write,
+        new.correlation_id,
+        new.to_json(),
+        old.timers if old is not None else {},
+        new.timers,
+        int(new.active) - int(old.active if old is not None else False),
+    )
+
+
+def stage_stored(
+    write: StoreWrite,
+    correlation_id: str,
+    stored: dict[str, Any] | bytes,
+    old_timers: Mapping[str, tuple[int, str]],
+    new_timers: Mapping[str, tuple[int, str]],
+    active_delta: int,
+) -> None:
+    """`stage_change` for a record already in its stored form (a journal entry's `record`)."""
+    write.put_record(correlation_id, stored)
     for timer_id, (due_ms, _name) in old_timers.items():
-        if new.timers.get(timer_id, (None,))[0] != due_ms:
+        if new_timers.get(timer_id, (None,))[0] != due_ms:
             write.remove_timer(due_ms, timer_id)
-    for timer_id, (due_ms, name) in new.timers.items():
+    for timer_id, (due_ms, name) in new_timers.items():
         if old_timers.get(timer_id, (None,))[0] != due_ms:
-            write.add_timer(TimerEntry(new.correlation_id, timer_id, name, due_ms))
-    write.active_delta += int(new.active) - int(old.active if old is not None else False)
+            write.add_timer(TimerEntry(correlation_id, timer_id, name, due_ms))
+    write.active_delta += active_delta
+
+
+def stored_timers(stored: Mapping[str, Any] | None) -> dict[str, tuple[int, str]]:
+    """The pending timers of a stored record (timer_id -> (due_ms, name))."""
+    if stored is None:
+        return {}
+    return {k: (int(v[0]), str(v[1])) for k, v in dict(stored.get("timers", {})).items()}
+
+
+def stored_active(stored: Mapping[str, Any] | None) -> bool:
+    return stored is not None and stored.get("status") == Status.RUNNING
 
 
 def read_record(
