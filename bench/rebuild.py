@@ -2,10 +2,11 @@
 
 The journal is generated without a PM: whole `customer-email` processes (6 entries each:
 e-mail, classification, policy, order, draft, sent) run through the real `decide` and
-`pm.journal.build_entry`, produced straight to `pm.journal` (bench/scenario.py). Then a
-`ProcessManager` with an empty state dir starts: on assignment it folds every partition
-from offset 0 into RocksDB (`_catch_up`: decode the entry and its input, re-run decide,
-write the store in WriteBatches of 5,000). The figure is entries / the fold time the PM
+`pm.journal.build_entry`, produced straight to `pm.journal` (bench/scenario.py); each entry
+carries the process record after it, as the PM writes them. Then a `ProcessManager` with an
+empty state dir starts: on assignment it folds every partition from offset 0 into RocksDB
+(`pm.runtime.recovery`: per window of 5,000 entries, each process's last record is taken, one
+WriteBatch per window; only entries without a record are re-decided). The figure is entries / the fold time the PM
 itself logs per partition ("rebuilt partition P ... in X s"), so group join is excluded;
 the wall time from start to "assigned" is in the table too.
 

@@ -55,6 +55,7 @@ __all__ = [
     "encode",
     "encode_record",
     "decode",
+    "read_fields",
     "type_of",
 ]
 
@@ -263,12 +264,15 @@ def type_of(data: bytes | bytearray | memoryview) -> str:
     return _writer(data).type_name
 
 
-def decode(data: bytes | bytearray | memoryview) -> Event:
-    """The event in a record value, as its pydantic class, read with the latest schema of its type."""
+def read_fields(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, Any]]:
+    """The event type and its fields as plain Avro data (read with the latest schema), not validated.
+
+    For hot paths that need a few fields of a trusted record (a rebuild reading the PM's own
+    journal); everything else uses `decode`.
+    """
     writer = _writer(data)
-    cls = EVENT_TYPES.get(writer.type_name)
     reader = registry().latest.get(writer.type_name)  # cached: a dict lookup after the first call
-    if cls is None or reader is None:
+    if EVENT_TYPES.get(writer.type_name) is None or reader is None:
         raise CodecError(
             f"schema {writer.path.name} is for event type {writer.type_name!r}, which pm does not know"
         )
@@ -282,9 +286,20 @@ def decode(data: bytes | bytearray | memoryview) -> Event:
         raise CodecError(f"corrupt {writer.type_name} body ({type(exc).__name__}: {exc})") from exc
     if body.tell() != len(data):
         raise CodecError(f"{writer.type_name}: {len(data) - body.tell()} trailing bytes after the Avro body")
-    try:
-        if upcast is not None and isinstance(record, dict):
+    if not isinstance(record, dict):
+        raise CodecError(f"{writer.type_name}: the Avro body is not a record")
+    if upcast is not None:
+        try:
             record = {**record, "payload": upcast(record["payload"])}
-        return cls.model_validate(record)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CodecError(f"invalid {writer.type_name}: {exc}") from exc
+    return writer.type_name, record
+
+
+def decode(data: bytes | bytearray | memoryview) -> Event:
+    """The event in a record value, as its pydantic class, read with the latest schema of its type."""
+    type_name, record = read_fields(data)
+    try:
+        return EVENT_TYPES[type_name].model_validate(record)
     except (ValidationError, ValueError, TypeError) as exc:
-        raise CodecError(f"invalid {writer.type_name}: {exc}") from exc
+        raise CodecError(f"invalid {type_name}: {exc}") from exc

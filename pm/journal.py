@@ -119,7 +119,13 @@ def iter_journal_raw(
         config,
         "journal-reader",
         f"{config.topic_prefix}pm-journal-reader-{uuid.uuid4().hex[:8]}",
-        **{"enable.partition.eof": True, "auto.offset.reset": reset},
+        **{
+            "enable.partition.eof": True,
+            "auto.offset.reset": reset,
+            # A catch-up reads far faster than it folds, so the prefetch queue fills (64 MiB); librdkafka
+            # then postpones the partition's next fetch by this long (default 1 s) and the fold starves.
+            "fetch.queue.backoff.ms": 10,
+        },
     )
     try:
         consumer.assign([TopicPartition(topic, p, offset_for(p)) for p in wanted])

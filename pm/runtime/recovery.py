@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from pm.codec import decode
+from pm.codec import decode, read_fields
 from pm.config import Config
 from pm.events import JournalEntry
 from pm.heap import trim_heap
@@ -43,6 +43,14 @@ TRIM_AFTER_ENTRIES = 10_000
 UNCONFIRMED_TAIL = 2000
 # Journal records folded into one store write; a process with several entries in one window costs one.
 FOLD_WINDOW = 5000
+
+
+def _entry_fields(record: RawJournalRecord) -> dict[str, Any]:
+    """A journal entry's plain fields: no validation (a carried record is checked by `stored_form`)."""
+    type_name, fields = read_fields(record.value)
+    if type_name != JournalEntry.TYPE:
+        raise JournalError(f"journal record {record.partition}@{record.offset} holds a {type_name}")
+    return fields
 
 
 class WindowFold:
@@ -73,20 +81,27 @@ class WindowFold:
             entry = self._entries[index] = decode_entry(self.window[index])
         return entry
 
+    def _fields(self, index: int) -> dict[str, Any]:
+        return _entry_fields(self.window[index])
+
     def write(self) -> StoreWrite:
         write = StoreWrite()
+        last_event_id = ""
         for correlation_id, indices in self.positions.items():
-            last = self._entry(indices[-1])
-            if last.correlation_id != correlation_id:
+            last = self._fields(indices[-1])
+            if last["correlation_id"] != correlation_id:
                 record = self.window[indices[-1]]
                 raise JournalError(
                     f"journal record {record.partition}@{record.offset} is keyed {correlation_id!r} but records "
-                    f"process {last.correlation_id!r}: it was not written by the process manager"
+                    f"process {last['correlation_id']!r}: it was not written by the process manager"
                 )
+            if indices[-1] == len(self.window) - 1:
+                last_event_id = str(last["event_id"])
             old = self.store.get_record(correlation_id)
             encoded: dict[str, Any] | bytes
-            if last.payload.record is not None:
-                new, encoded = stored_form(last.payload.record, self.window[indices[-1]].offset)
+            carried = last["payload"].get("record")
+            if carried is not None:
+                new, encoded = stored_form(carried, self.window[indices[-1]].offset)
                 new_timers = stored_timers(new)
             else:
                 after = self._refold(correlation_id, indices, old)
@@ -102,8 +117,7 @@ class WindowFold:
                 new_timers,
                 int(stored_active(new)) - int(stored_active(old)),
             )
-        final = self.window[-1]
-        write.advance(final.offset, self._entry(len(self.window) - 1).event_id)
+        write.advance(self.window[-1].offset, last_event_id)
         return write
 
     def _refold(
@@ -297,7 +311,7 @@ class PartitionRecovery:
             store.write(WindowFold(self.registry, store, window).write())
             folded += len(window)
         for record in tail:
-            self.unconfirmed.remember(decode_entry(record))
+            self.unconfirmed.remember_fields(_entry_fields(record)["payload"])
         if folded >= TRIM_AFTER_ENTRIES:
             trim_heap()  # the fold's garbage is freed, but glibc keeps the pages: hand them back
         if from_scratch and folded:

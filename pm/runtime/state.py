@@ -109,10 +109,15 @@ class UnconfirmedOutputs:
 
     def remember(self, entry: JournalEntry) -> None:
         """Keep the outputs of a journal entry found during catch-up, keyed by the input's position."""
-        p = entry.payload
-        if p.outcome != "applied" or not (p.commands or p.published):
+        self.remember_fields(entry.payload.model_dump())
+
+    def remember_fields(self, payload: Mapping[str, Any]) -> None:
+        """`remember` for an entry's payload as plain fields (`pm.codec.read_fields`)."""
+        outputs = (*payload["commands"], *payload["published"])
+        if payload["outcome"] != "applied" or not outputs:
             return
-        self._outputs[(p.input_topic, p.input_partition, p.input_offset)] = (*p.commands, *p.published)
+        position = (str(payload["input_topic"]), int(payload["input_partition"]), int(payload["input_offset"]))
+        self._outputs[position] = outputs
         while len(self._outputs) > self.limit:
             self._outputs.popitem(last=False)
 
