@@ -4,6 +4,9 @@ The live path (`pm.runtime`) and the catch-up path (restart, rebuild) share
 `evaluate` + `advance`, so a state folded from the journal is the state the
 live run had: an `applied` entry is re-decided on its recorded input (decide is
 pure), a `rejected` one keeps the state, a `failed` one marks the process failed.
+An entry also carries the record after it (`ProcessRecord.snapshot`): catch-up
+takes the last one of a process instead (`pm.runtime.recovery.WindowFold`) and
+folds entry by entry only where entries have none.
 No Kafka here: `pm.journal` reads the journal topic and hands records to this module.
 """
 

@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from confluent_kafka import TopicPartition
+from pydantic_core import from_json
 
 from pm.app import load_app
 from pm.codec import decode
@@ -380,6 +381,19 @@ def _compare(
     return diffs
 
 
+def _compare_record(record: JournalRecord, state: ProcessState) -> list[Difference]:
+    """The state the entry carries (what a rebuild takes) against the state re-deciding gives."""
+    carried = record.entry.payload.record
+    try:
+        recorded = from_json(carried or b"")["state"]
+        lines = _field_diff(recorded, _state_json(state))
+    except (ValueError, KeyError, TypeError) as exc:
+        lines = [f"record: not a process record ({exc})"]
+    if not lines:
+        return []
+    return [Difference(record.offset, record.event.type, record.event.event_id, "record", tuple(lines))]
+
+
 @dataclass(frozen=True)
 class _Recorded:
     commands: tuple[Event, ...]
@@ -468,6 +482,8 @@ class Replayer:
                         ]
             elif p.outcome == "failed":
                 self.state = self.state.model_copy(update={"status": Status.FAILED, "reason": p.reason})
+            if self.verify and p.record is not None:
+                diffs += _compare_record(record, self.state)
         return ReplayStep(
             partition=record.partition,
             offset=record.offset,

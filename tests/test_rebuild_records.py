@@ -131,4 +131,9 @@ def test_any_mix_of_entries_with_and_without_records_rebuilds_what_re_deciding_d
     redecided = _rebuilt(reference, tmp_path / "reference")
     assert len(rebuilt["records"]) == 12
     assert rebuilt == redecided
-    assert rebuilt["timers"] and rebuilt["active"] == 0  # waiting for approval: a reminder, not active
+    # The timer index and the active count agree with the records (each window's diff is right).
+    pending = sorted(
+        (due, timer_id, cid) for cid, r in rebuilt["records"].items() for timer_id, (due, _name) in r["timers"].items()
+    )
+    assert pending and [(t.due_ms, t.timer_id, t.correlation_id) for t in rebuilt["timers"]] == pending
+    assert rebuilt["active"] == sum(r["status"] == "running" for r in rebuilt["records"].values())

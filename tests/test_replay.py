@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Producer, TopicPartition
+from pydantic_core import to_json
 
 from customer_email.events import (
     ClassifyEmail,
@@ -190,6 +192,8 @@ class Journal:
     producer: Producer
     offsets: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, list[Event]] = field(default_factory=dict)
+    # Entries carry the state after them (`payload.record`) as this makes of it; None: no record.
+    carry: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def record(
         self,
@@ -219,6 +223,7 @@ class Journal:
             outcome=outcome,
             status=str(after.status),
             decided_at=now,
+            record=None if self.carry is None else to_json({"state": self.carry(after.model_dump(mode="json"))}),
         )
         self.producer.produce(
             self.config.topic("pm.journal"), key=event.correlation_id.encode(), value=encode(entry)
@@ -406,6 +411,19 @@ def test_verify_passes_on_the_unchanged_definition(
     assert code == 0, out
     assert "DIFF" not in out and "ApprovalDecided" in out
     assert "verify: ok, 7 decisions re-run" in err
+
+
+def test_verify_checks_the_record_each_entry_carries(journal: Journal, capsys: pytest.CaptureFixture[str]) -> None:
+    # The record a rebuild takes instead of re-deciding must be what re-deciding gives.
+    journal.carry = lambda state: state
+    journal.run(Scenario("<record-ok@mail.example>", intent="refund_request"))
+    code, out, err = _run(journal.config, capsys, "replay", "<record-ok@mail.example>", "--verify")
+    assert code == 0 and "verify: ok, 7 decisions re-run" in err, out
+    journal.carry = lambda state: {**state, "reason": "tampered"}
+    journal.run(Scenario("<record-bad@mail.example>"))
+    code, out, _ = _run(journal.config, capsys, "replay", "<record-bad@mail.example>", "--verify")
+    assert code == 1
+    assert "DIFF record:" in out and "reason: recorded 'tampered', now None" in out
 
 
 def test_verify_re_decides_with_the_recorded_decision_time(
