@@ -307,11 +307,14 @@ class PartitionRecovery:
             raise _AnchorMismatch(
                 f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
             )
-        if window:
-            store.write(WindowFold(self.registry, store, window).write())
-            folded += len(window)
-        for record in tail:
-            self.unconfirmed.remember_fields(_entry_fields(record)["payload"])
+        try:
+            if window:
+                store.write(WindowFold(self.registry, store, window).write())
+                folded += len(window)
+            for record in tail:
+                self.unconfirmed.remember_fields(_entry_fields(record)["payload"])
+        except JournalError as exc:
+            raise CatchUpError(f"catching up partition {partition}: {exc}") from exc
         if folded >= TRIM_AFTER_ENTRIES:
             trim_heap()  # the fold's garbage is freed, but glibc keeps the pages: hand them back
         if from_scratch and folded:
