@@ -28,9 +28,11 @@ from pm.journal import (
     decode_entry,
     fold_entry,
     iter_journal_raw,
+    stored_bytes,
     stored_form,
 )
 from pm.kafka import make_admin
+from pm.process import ACTIVE
 from pm.registry import Registry
 from pm.runtime.state import UnconfirmedOutputs, stage_stored, stored_active, stored_timers
 from pm.store import PartitionStore, StoreError, StoreWrite, store_path
@@ -100,8 +102,14 @@ class WindowFold:
             old = self.store.get_record(correlation_id)
             encoded: dict[str, Any] | bytes
             carried = last["payload"].get("record")
-            if carried is not None:
-                new, encoded = stored_form(carried, self.window[indices[-1]].offset)
+            offset = self.window[indices[-1]].offset
+            new: dict[str, Any] | None
+            if carried is not None and last["payload"]["status"] not in ACTIVE and carried[:1] == b"{":
+                # Ended (most of a journal): no timers and not active (`advance` clears them), so the
+                # record is stored as carried, unparsed; it is parsed when the process is next read.
+                new, encoded, new_timers = None, stored_bytes(carried, offset), {}
+            elif carried is not None:
+                new, encoded = stored_form(carried, offset)
                 new_timers = stored_timers(new)
             else:
                 after = self._refold(correlation_id, indices, old)
