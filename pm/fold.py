@@ -160,7 +160,10 @@ class ProcessRecord:
             return None
         data = self.to_json()
         del data["journal_offset"]
-        return to_json(data)
+        try:
+            return to_json(data)
+        except ValueError:  # e.g. a lone surrogate in the state: no record, the fold re-decides
+            return None
 
     @classmethod
     def from_json(

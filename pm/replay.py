@@ -482,7 +482,14 @@ class Replayer:
                         ]
             elif p.outcome == "failed":
                 self.state = self.state.model_copy(update={"status": Status.FAILED, "reason": p.reason})
-            if self.verify and p.record is not None:
+            # Only against the definition the entry was decided by: another version (an upcast, a
+            # what-if definition) may shape its state differently without deciding differently.
+            if (
+                self.verify
+                and p.record is not None
+                and self.override is None
+                and self.definition.version == p.process_version
+            ):
                 diffs += _compare_record(record, self.state)
         return ReplayStep(
             partition=record.partition,

@@ -76,6 +76,20 @@ def list_store_paths(config: Config) -> list[tuple[int, Path]]:
     return sorted((int(p.name), p) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def _dumps(record: dict[str, Any]) -> bytes:
+    try:
+        return to_json(record)
+    except ValueError:  # pydantic-core refuses lone surrogates; json escapes them
+        return json.dumps(record, separators=(",", ":")).encode()
+
+
+def _loads(raw: bytes) -> dict[str, Any]:
+    try:
+        return dict(from_json(raw))
+    except ValueError:  # "\udXXX" escapes json.dumps wrote (stores before pydantic-core)
+        return dict(json.loads(raw))
+
+
 def _timer_key(due_ms: int, timer_id: str) -> bytes:
     return _TIMER + struct.pack(">q", due_ms) + b"/" + timer_id.encode()
 
@@ -167,7 +181,7 @@ class PartitionStore:
 
     def get_record(self, correlation_id: str) -> dict[str, Any] | None:
         raw = self.db.get(_STATE + correlation_id.encode())
-        return None if raw is None else dict(from_json(raw))
+        return None if raw is None else _loads(raw)
 
     def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
         it = self.db.iter()
@@ -176,7 +190,7 @@ class PartitionStore:
             key = bytes(it.key())
             if not key.startswith(_STATE):
                 break
-            yield key[len(_STATE) :].decode(), dict(from_json(it.value()))
+            yield key[len(_STATE) :].decode(), _loads(it.value())
             it.next()
 
     def due_timers(self, now_ms: int, limit: int = 1000) -> list[TimerEntry]:
@@ -246,7 +260,7 @@ class PartitionStore:
         batch = WriteBatch(raw_mode=True)
         for correlation_id, record in change.records.items():
             batch.put(
-                _STATE + correlation_id.encode(), record if isinstance(record, bytes) else to_json(record)
+                _STATE + correlation_id.encode(), record if isinstance(record, bytes) else _dumps(record)
             )
         for due_ms, timer_id in change.timers_removed:
             batch.delete(_timer_key(due_ms, timer_id))

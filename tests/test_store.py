@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +47,20 @@ def test_records_timers_and_offsets_survive_reopen(tmp_path: Path) -> None:
     assert store.active == 1
     assert [cid for cid, _ in store.records()] == ["a"]
     store.close()
+
+
+def test_records_pydantic_core_cannot_encode_and_stores_written_by_json_read_back(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "s", 0)
+    try:
+        odd = {"state": {"note": "lone \udc80 surrogate"}, "status": "running"}
+        write = StoreWrite()
+        write.put_record("a", odd)
+        store.write(write)
+        assert store.get_record("a") == odd
+        store.db.put(b"s/old", json.dumps(odd).encode())  # a record as json.dumps wrote them before
+        assert dict(store.records())["old"] == odd
+    finally:
+        store.close()
 
 
 def test_lock_is_held_until_close_and_read_only_opens_alongside(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from pm.store import PartitionStore
 
 # What a journal entry adds around the input it embeds (envelope, positions, timers, reason).
 ENTRY_OVERHEAD = 16 * 1024
+RECORD_MARGIN = 4 * 1024  # an entry carries its record only this far below the record limit
 # Inputs only the PM writes (in its transactions): commit markers leave offset gaps there on Kafka,
 # and one writer is never skipped, so they are not checked for gaps (see InputHandler._skipped).
 SINGLE_WRITER_INPUTS = frozenset({"pm.timers"})
@@ -227,13 +228,7 @@ class InputHandler:
             after, entry = self._entry(
                 definition, before, state, event, raw, topic, partition, offset, outcome, now
             )
-            entry_bytes = encode(entry)
-            if len(entry_bytes) > self.config.max_record_bytes and entry.payload.record is not None:
-                # The record it carries is only a shortcut for rebuilds: leave it out (folds re-decide).
-                entry = entry.model_copy(
-                    update={"payload": entry.payload.model_copy(update={"record": None})}
-                )
-                entry_bytes = encode(entry)
+            entry, entry_bytes = self._encoded(entry)
             oversize = self._oversize(entry_bytes, entry)
             if oversize is not None:  # Kafka would refuse it, and the batch would abort forever
                 raise RecordTooLarge(oversize)
@@ -244,7 +239,7 @@ class InputHandler:
             after, entry = self._entry(
                 definition, before, state, event, raw, topic, partition, offset, outcome, now
             )
-            entry_bytes = encode(entry)
+            entry, entry_bytes = self._encoded(entry)
         telemetry.events_processed().add(1, {"pm.event_type": event.type, "pm.outcome": outcome.outcome})
         _count_transition(before.status if before is not None else None, after.status)
         try:
@@ -477,6 +472,18 @@ class InputHandler:
         if count is None:  # only subscribed topics are consumed, and start() knows them all
             raise PmError(f"record from {physical}, which is not a process manager input")
         return count
+
+    def _encoded(self, entry: JournalEntry) -> tuple[JournalEntry, bytes]:
+        """The entry and its bytes; without the record it carries when that would pass the record limit.
+
+        The record is only a shortcut for rebuilds (a fold re-decides an entry without one). The
+        margin leaves room for what the client adds to a record's value (key, headers, framing).
+        """
+        entry_bytes = encode(entry)
+        if len(entry_bytes) > self.config.max_record_bytes - RECORD_MARGIN and entry.payload.record is not None:
+            entry = entry.model_copy(update={"payload": entry.payload.model_copy(update={"record": None})})
+            entry_bytes = encode(entry)
+        return entry, entry_bytes
 
     def _oversize(self, entry_bytes: bytes, entry: JournalEntry) -> str | None:
         """Why this entry or one of its outputs is over the record limit, or None."""

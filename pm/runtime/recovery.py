@@ -45,6 +45,7 @@ TRIM_AFTER_ENTRIES = 10_000
 UNCONFIRMED_TAIL = 2000
 # Journal records folded into one store write; a process with several entries in one window costs one.
 FOLD_WINDOW = 5000
+FOLD_WINDOW_BYTES = 64 << 20  # and at most this much journal held at once (entries can be ~1 MB)
 
 
 def _entry_fields(record: RawJournalRecord) -> dict[str, Any]:
@@ -263,7 +264,8 @@ class PartitionRecovery:
         started = time.monotonic()
         window: list[RawJournalRecord] = []
         # The journal's tail, decoded at the end for its outputs (`UnconfirmedOutputs`).
-        tail: deque[RawJournalRecord] = deque(maxlen=UNCONFIRMED_TAIL)
+        tail: deque[RawJournalRecord] = deque()
+        tail_bytes = window_bytes = 0
         folded = 0
         anchored = anchor is None
         try:
@@ -289,10 +291,14 @@ class PartitionRecovery:
                     continue
                 window.append(record)
                 tail.append(record)
-                if len(window) == FOLD_WINDOW:
+                window_bytes += len(record.value)
+                tail_bytes += len(record.value)
+                while len(tail) > UNCONFIRMED_TAIL or (tail_bytes > FOLD_WINDOW_BYTES and len(tail) > 1):
+                    tail_bytes -= len(tail.popleft().value)
+                if len(window) == FOLD_WINDOW or window_bytes > FOLD_WINDOW_BYTES:
                     store.write(WindowFold(self.registry, store, window).write())
                     folded += len(window)
-                    window = []
+                    window, window_bytes = [], 0
                     if from_scratch:
                         print(
                             f"pm: rebuilding partition {partition}: {folded} journal entries folded",
@@ -316,11 +322,13 @@ class PartitionRecovery:
                 f"the journal ends before offset {anchor[0] if anchor else 0} the store reflects"
             )
         try:
+            # The tail first: once the last window is written, a restart would not read it again.
+            outputs = [_entry_fields(record)["payload"] for record in tail]
             if window:
                 store.write(WindowFold(self.registry, store, window).write())
                 folded += len(window)
-            for record in tail:
-                self.unconfirmed.remember_fields(_entry_fields(record)["payload"])
+            for payload in outputs:
+                self.unconfirmed.remember_fields(payload)
         except JournalError as exc:
             raise CatchUpError(f"catching up partition {partition}: {exc}") from exc
         if folded >= TRIM_AFTER_ENTRIES:
