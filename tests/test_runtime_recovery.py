@@ -109,14 +109,13 @@ def check_journal(config: Config, inputs: list[Event]) -> None:
     assert all(r.entry.payload.outcome == "applied" for r in entries)
 
 
-def test_kill_minus_9_mid_batch_then_restart_loses_and_duplicates_nothing(
-    topics: Config, tmp_path: Path
-) -> None:
-    config = topics
-    n = 600
-    cids = [f"<k{i}@mail.example>" for i in range(n)]
+def kill_through_waves(config: Config, tmp_path: Path, tag: str, n: int) -> tuple[PmProcess, list[Event]]:
+    """Three waves of n inputs (e-mail, classified, sent); kill -9 the PM mid-wave each time and restart it.
+
+    Returns the PM running after the last wave (every process done) and every input published.
+    """
+    cids = [f"<{tag}{i}@mail.example>" for i in range(n)]
     inputs: list[Event] = []
-    started = time.monotonic()
     pm = PmProcess(config, tmp_path, batch_size=20)  # small batches: the kill lands inside the wave
     wait_until(lambda: len(list_store_paths(config)) == 6)
     for stage_events, stage in (
@@ -133,6 +132,16 @@ def test_kill_minus_9_mid_batch_then_restart_loses_and_duplicates_nothing(
         pm = PmProcess(config, tmp_path, batch_size=20)
         wait_until(lambda stage=stage: stage_count([config], stage) == n, timeout=60)
         assert done_at_kill < n, "the kill came too late to be mid-run"
+    return pm, inputs
+
+
+def test_kill_minus_9_mid_batch_then_restart_loses_and_duplicates_nothing(
+    topics: Config, tmp_path: Path
+) -> None:
+    config = topics
+    n = 600
+    started = time.monotonic()
+    pm, inputs = kill_through_waves(config, tmp_path, "k", n)
     out = pm.stop()
     assert "stopped" in out
     elapsed = time.monotonic() - started

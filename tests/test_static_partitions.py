@@ -11,13 +11,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_runtime_recovery import PmProcess, check_journal, records, stage_count
-from test_runtime_support import PmThread, classified, email, expected_states, publish, sent, wait_until
+from test_runtime_recovery import check_journal, kill_through_waves, records, stage_count
+from test_runtime_support import PmThread, email, expected_states, publish, wait_until
 
 from pm.config import Config, ConfigError
-from pm.events import Event
 from pm.runtime.checkpoint import FencedError
-from pm.store import list_store_paths
 
 
 def test_partition_lists_parse_and_bad_ones_are_refused() -> None:
@@ -31,24 +29,7 @@ def test_partition_lists_parse_and_bad_ones_are_refused() -> None:
 
 def test_kill_minus_9_with_static_partitions_loses_and_duplicates_nothing(topics: Config, tmp_path: Path) -> None:
     config = replace(topics, partitions="all")
-    n = 300
-    cids = [f"<p{i}@mail.example>" for i in range(n)]
-    inputs: list[Event] = []
-    pm = PmProcess(config, tmp_path, batch_size=20)
-    wait_until(lambda: len(list_store_paths(config)) == 6)
-    for stage_events, stage in (
-        ([email(c) for c in cids], "classifying"),
-        ([classified(c) for c in cids], "sending"),
-        ([sent(c) for c in cids], "done"),
-    ):
-        inputs += stage_events
-        publish(config, stage_events)
-        wait_until(lambda stage=stage: stage_count([config], stage) >= n // 4, timeout=30, interval=0.02)
-        pm.kill()
-        done_at_kill = stage_count([config], stage)
-        pm = PmProcess(config, tmp_path, batch_size=20)
-        wait_until(lambda stage=stage: stage_count([config], stage) == n, timeout=60)
-        assert done_at_kill < n, "the kill came too late to be mid-run"
+    pm, inputs = kill_through_waves(config, tmp_path, "p", 300)
     assert "stopped" in pm.stop()
     final = {cid: (d["status"], d["state"]["stage"]) for cid, d in records([config]).items()}
     assert final == expected_states(inputs)

@@ -20,7 +20,7 @@ from pm import telemetry
 from pm.errors import PmError
 from pm.journal import ProcessRecord, stored_bytes
 from pm.process import ProcessDefinition
-from pm.runtime.state import Position, ProcessCache, RetryTimes, stage_change, stage_stored
+from pm.runtime.state import Position, ProcessCache, RetryTimes, stage_change
 from pm.store import PartitionStore, StoreWrite, TimerEntry
 from pm.timers import TimerService
 
@@ -296,19 +296,11 @@ class Checkpoint:
             write = writes.setdefault(change.partition, StoreWrite())
             if located is not None:
                 change.after.journal_offset = located[1]
+            # Encoded once, for the journal entry: the store keeps the same bytes.
+            encoded = None
             if located is not None and change.record is not None:
-                # Encoded once, for the journal entry: the store keeps the same bytes.
-                before = change.before
-                stage_stored(
-                    write,
-                    correlation_id,
-                    stored_bytes(change.record, located[1]),
-                    before.timers if before is not None else {},
-                    change.after.timers,
-                    int(change.after.active) - int(before.active if before is not None else False),
-                )
-            else:
-                stage_change(write, change.before, change.after)
+                encoded = stored_bytes(change.record, located[1])
+            stage_change(write, change.before, change.after, encoded)
             timers.settle(
                 t for t in (change.before.timers if change.before else {}) if t not in change.after.timers
             )

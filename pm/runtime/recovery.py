@@ -84,14 +84,11 @@ class WindowFold:
             entry = self._entries[index] = decode_entry(self.window[index])
         return entry
 
-    def _fields(self, index: int) -> dict[str, Any]:
-        return _entry_fields(self.window[index])
-
     def write(self) -> StoreWrite:
         write = StoreWrite()
         last_event_id = ""
         for correlation_id, indices in self.positions.items():
-            last = self._fields(indices[-1])
+            last = _entry_fields(self.window[indices[-1]])
             if last["correlation_id"] != correlation_id:
                 record = self.window[indices[-1]]
                 raise JournalError(
@@ -328,7 +325,7 @@ class PartitionRecovery:
                 store.write(WindowFold(self.registry, store, window).write())
                 folded += len(window)
             for payload in outputs:
-                self.unconfirmed.remember_fields(payload)
+                self.unconfirmed.remember(payload)
         except JournalError as exc:
             raise CatchUpError(f"catching up partition {partition}: {exc}") from exc
         if folded >= TRIM_AFTER_ENTRIES:

@@ -11,7 +11,6 @@ from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from pm.events import JournalEntry
 from pm.journal import ProcessRecord
 from pm.process import ProcessDefinition, Status
 from pm.registry import Registry
@@ -22,12 +21,17 @@ UNCONFIRMED_LIMIT = 10_000  # catch-up outputs kept for re-emission; only the jo
 Position = tuple[str, int, int]  # an input record: (topic, partition, offset)
 
 
-def stage_change(write: StoreWrite, old: ProcessRecord | None, new: ProcessRecord) -> None:
-    """Add a process record change to a store write: the record, timer index diff, active count."""
+def stage_change(
+    write: StoreWrite, old: ProcessRecord | None, new: ProcessRecord, encoded: bytes | None = None
+) -> None:
+    """Add a process record change to a store write: the record, timer index diff, active count.
+
+    `encoded`: `new` already in its stored form (its journal entry's record, offset put back).
+    """
     stage_stored(
         write,
         new.correlation_id,
-        new.to_json(),
+        new.to_json() if encoded is None else encoded,
         old.timers if old is not None else {},
         new.timers,
         int(new.active) - int(old.active if old is not None else False),
@@ -107,12 +111,9 @@ class UnconfirmedOutputs:
         self.limit = limit
         self._outputs: OrderedDict[Position, tuple[bytes, ...]] = OrderedDict()
 
-    def remember(self, entry: JournalEntry) -> None:
-        """Keep the outputs of a journal entry found during catch-up, keyed by the input's position."""
-        self.remember_fields(entry.payload.model_dump())
-
-    def remember_fields(self, payload: Mapping[str, Any]) -> None:
-        """`remember` for an entry's payload as plain fields (`pm.codec.read_fields`)."""
+    def remember(self, payload: Mapping[str, Any]) -> None:
+        """Keep the outputs of a journal entry found during catch-up (its payload's plain fields,
+        `pm.codec.read_fields`), keyed by the input's position."""
         outputs = (*payload["commands"], *payload["published"])
         if payload["outcome"] != "applied" or not outputs:
             return
