@@ -1,7 +1,8 @@
 """`e2e`: complete e-mail processes per second through the PM and all five step consumers.
 
 Every component is its own OS process, started as a user would (`python -m pm run pm`,
-`pm run consumer STEP --concurrency 8`, `pm run service order-service`, `pm run service smtp-sink`),
+`pm run consumer STEP [STEP...] --concurrency 8`: the four light steps on one consumer, send-email
+on its own, see WORKER_LAYOUTS; `pm run service order-service`, `pm run service smtp-sink`),
 on a fresh local broker. The LLM steps use the offline provider with an artificial
 latency per call (`--llm-latency-ms`, 0 and 50 ms). 80 % of the e-mails ask where
 their order is (answered without a human), 20 % ask for a refund (approval required):
@@ -70,13 +71,21 @@ from pm.topics import load_layout
 __all__ = ["run", "measure_e2e", "E2eResult", "SerialResult", "ScriptedReviewer", "cluster_meter"]
 
 STEPS = ("classify", "fetch-order", "fetch-refund-policy", "draft-reply", "send-email")
+# How the steps run: name -> the steps of one step consumer (one OS process, one Kafka consumer).
+# "two" (default): the four light steps share one, send-email (SMTP, the heaviest) has its own;
+# "each": one per step (as before session 7). PM_BENCH_E2E_WORKERS picks one for `pm bench e2e`.
+WORKER_LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "two": {"steps": STEPS[:4], "send-email": ("send-email",)},
+    "each": {step: (step,) for step in STEPS},
+}
+WORKERS = os.environ.get("PM_BENCH_E2E_WORKERS", "two")
 REVIEWER = "bench-reviewer"
 TERMINAL = frozenset({"sent", "escalated", "failed", "rejected"})
 CONCURRENCY = 8
 SERIAL = 30  # e-mails one at a time (unloaded latency) before the N of each run's first size
 IDLE = 5.0  # seconds of an idle cluster (CPU per second) before those
 BROKER, LOAD = "broker", "bench process"
-PM_PARTS = (BROKER, "pm", *STEPS)  # the pm deployment: `total` CPU
+PM_PARTS = (BROKER, "pm", *dict.fromkeys(n for layout in WORKER_LAYOUTS.values() for n in layout))  # `total`
 SERVICES = ("order-service", "smtp-sink")  # dev stand-ins for external systems
 
 
@@ -196,7 +205,9 @@ def cpu_ms_per(cpu: CpuSnapshot | None, count: int) -> dict[str, float]:
     return per
 
 
-def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[list[Child], dict[str, str]]:
+def _start_cluster(
+    config: Config, work: Path, llm_latency_ms: int, workers: str = WORKERS
+) -> tuple[list[Child], dict[str, str]]:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     env = child_env(config, PM_REVIEWERS=REVIEWER)
@@ -211,18 +222,18 @@ def _start_cluster(config: Config, work: Path, llm_latency_ms: int) -> tuple[lis
         Child("pm", pm_argv("run", "pm"), logs / "pm.log"),
         *(
             Child(
-                step,
+                name,
                 pm_argv(
                     "run",
                     "consumer",
-                    step,
+                    *steps,
                     "--concurrency",
                     str(CONCURRENCY),
-                    *(latency if step in ("classify", "draft-reply") else []),
+                    *(latency if {"classify", "draft-reply"} & set(steps) else []),
                 ),
-                logs / f"{step}.log",
+                logs / f"{name}.log",
             )
-            for step in STEPS
+            for name, steps in WORKER_LAYOUTS[workers].items()
         ),
     ]
     for child in children:
@@ -239,6 +250,7 @@ def measure_e2e(
     extra: Callable[[Config, Scenario], list[str]] | None = None,
     serial: int = 0,
     idle: float = 0.0,
+    workers: str = WORKERS,
 ) -> E2eResult:
     """One run on the broker of `base` with fresh topics under a new prefix and a fresh state dir.
 
@@ -256,7 +268,7 @@ def measure_e2e(
 
     apply_topics(config)
     ensure_local_key(config)
-    children, _env = _start_cluster(config, work, llm_latency_ms)
+    children, _env = _start_cluster(config, work, llm_latency_ms, workers)
     reviewer = ScriptedReviewer(config)
     reviewer.start()
     # The load generator's own journal tail waits 500 ms per idle fetch: its idle fetches would cost the
@@ -532,7 +544,13 @@ def run(
                         config, n, latency, serial=serial if first else 0, idle=IDLE if first else 0.0
                     )
                 )
-    rows: list[tuple[str, str]] = [("concurrency per step consumer", str(CONCURRENCY))]
+    rows: list[tuple[str, str]] = [
+        ("concurrency per step", str(CONCURRENCY)),
+        (
+            f"step consumers ({WORKERS})",
+            "; ".join(f"{name}: {' '.join(steps)}" for name, steps in WORKER_LAYOUTS[WORKERS].items()),
+        ),
+    ]
     rows.append(
         (
             f"pipe baseline ({pipe_records:,} records)",
@@ -601,6 +619,7 @@ def run(
         head.rate,
         "processes/s",
         extra={
+            "workers": {name: list(steps) for name, steps in WORKER_LAYOUTS[WORKERS].items()},
             "pipe": {
                 "records": pipe_records,
                 "msg_per_s": round(pipe_rate),

@@ -57,6 +57,7 @@ __all__ = [
     "step_names",
     "component_names",
     "describe_component",
+    "combined_steps",
     "default_principal",
     "parse_principal_overrides",
     "select_components",
@@ -163,10 +164,31 @@ def component_names(layout: TopicLayout) -> tuple[str, ...]:
     return (PM, *(STEP_COMPONENT_PREFIX + s for s in step_names(layout)), REVIEW, UPSTREAM, OPS)
 
 
+def combined_steps(component: str, layout: TopicLayout) -> tuple[str, ...] | None:
+    """The steps of `step:a+b` (several steps on one consumer: `pm run consumer a b`), else None."""
+    if not component.startswith(STEP_COMPONENT_PREFIX) or "+" not in component:
+        return None
+    parts = component[len(STEP_COMPONENT_PREFIX) :].split("+")
+    known = step_names(layout)
+    unknown = [p for p in parts if p not in known]
+    if unknown or len(set(parts)) != len(parts):
+        raise AclError(f"{component!r}: steps joined by '+', each once; topics.yaml has {', '.join(known)}")
+    return tuple(sorted(parts))
+
+
+def _canonical(component: str, layout: TopicLayout) -> str | None:
+    """`step:b+a` / `b+a` as `step:a+b` (the consumer's group order); None when not a combination."""
+    name = component if component.startswith(STEP_COMPONENT_PREFIX) else STEP_COMPONENT_PREFIX + component
+    steps = combined_steps(name, layout)
+    return None if steps is None else STEP_COMPONENT_PREFIX + "+".join(steps)
+
+
 def describe_component(component: str) -> str:
     """One line for the comment header of a component's bindings."""
     if component.startswith(STEP_COMPONENT_PREFIX):
         step = component[len(STEP_COMPONENT_PREFIX) :]
+        if "+" in step:
+            return f"the {', '.join(step.split('+'))} steps on one consumer (`pm run consumer {step.replace('+', ' ')}`)"
         return f"the {step} step consumer (`pm run consumer {step}`)"
     return {
         PM: "the process manager (`pm run pm`)",
@@ -197,7 +219,9 @@ def parse_principal_overrides(items: Iterable[str], layout: TopicLayout) -> dict
         component, principal = component.strip(), principal.strip()
         if not sep or not component:
             raise AclError(f"--principal {item!r}: expected COMPONENT=User:NAME")
-        if component not in known:
+        combined = _canonical(component, layout)
+        component = combined or component
+        if component not in known and combined is None:
             raise AclError(
                 f"--principal {item!r}: unknown component {component!r}; one of {', '.join(known)}"
             )
@@ -215,8 +239,13 @@ def select_components(wanted: Sequence[str] | None, layout: TopicLayout) -> tupl
     if not wanted:
         return known
     chosen: set[str] = set()
+    combinations: list[str] = []  # several steps on one consumer, after the known components
     for name in wanted:
-        if name == "step":
+        combined = _canonical(name, layout)
+        if combined is not None:
+            if combined not in combinations:
+                combinations.append(combined)
+        elif name == "step":
             chosen.update(c for c in known if c.startswith(STEP_COMPONENT_PREFIX))
         elif name in known:
             chosen.add(name)
@@ -224,7 +253,7 @@ def select_components(wanted: Sequence[str] | None, layout: TopicLayout) -> tupl
             chosen.add(STEP_COMPONENT_PREFIX + name)
         else:
             raise AclError(f"unknown component {name!r}; one of step, {', '.join(known)}")
-    return tuple(c for c in known if c in chosen)
+    return (*(c for c in known if c in chosen), *combinations)
 
 
 # ---------------------------------------------------------------- bindings
@@ -270,12 +299,14 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         idempotent_producer()
     elif component.startswith(STEP_COMPONENT_PREFIX):
         step = component[len(STEP_COMPONENT_PREFIX) :]
-        if step not in steps:
+        # One step, or several on one consumer (`step:a+b`: its group is step-a+b, steps sorted).
+        members = combined_steps(component, layout) or (step,)
+        if step not in steps and len(members) == 1:
             raise AclError(f"unknown step {step!r}; topics.yaml has {', '.join(steps)}")
-        topics(Operation.READ, STEP_TOPIC_PREFIX + step)
+        topics(Operation.READ, *(STEP_TOPIC_PREFIX + s for s in members))
         topics(Operation.WRITE, "step.results", DLQ_TOPIC)
         # Step consumers commit offsets themselves and produce without transactions (pm/steps/consumer.py).
-        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step}", Operation.READ)
+        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{'+'.join(members)}", Operation.READ)
         idempotent_producer()
     elif component == REVIEW:
         # Decisions are read too: a request is pending until an acceptable decision exists.
@@ -301,6 +332,8 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         add(ResourceType.GROUP, prefix + _PM_GROUP, Operation.DESCRIBE)
         for step in steps:
             add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step}", Operation.DESCRIBE)
+        # ... and of steps run together on one consumer (step-a+b): '+' is in no step's own group name.
+        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}", Operation.DESCRIBE, PatternType.PREFIXED)
         add(ResourceType.CLUSTER, CLUSTER_NAME, Operation.DESCRIBE)
         idempotent_producer()  # for its pm.dlq writes
     else:

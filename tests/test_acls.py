@@ -327,3 +327,32 @@ def test_refusal_messages_name_the_fix() -> None:
     assert _refusal([(grant, "_TIMED_OUT: Failed while waiting")], 1).startswith("could not reach the broker")
     assert "signal 6" in _child_failure(-6, "", 5)
     assert _child_failure(1, "Traceback...\nImportError: boom\n", 5).endswith("(ImportError: boom)")
+
+
+def test_steps_together_have_one_component_with_their_group() -> None:
+    from customer_email.events import Step
+    from pm.steps.consumer import StepConsumer
+
+    class Handler:
+        def __init__(self, step: Step) -> None:
+            self.step = step
+
+        def handle(self, command: Event, now: datetime) -> Event:
+            raise NotImplementedError
+
+    assert select_components(["fetch-order+classify", "pm"], LAYOUT) == (PM, "step:classify+fetch-order")
+    grants = all_grants(components=["step:fetch-order+classify"])
+    consumer = StepConsumer(CONFIG, [Handler(Step.FETCH_ORDER), Handler(Step.CLASSIFY)])
+    principal = default_principal("step:classify+fetch-order")
+    assert allows(grants, principal, ResourceType.GROUP, consumer.group_id, Operation.READ)
+    for topic in consumer.topics:
+        assert allows(grants, principal, ResourceType.TOPIC, topic, Operation.READ)
+    assert not allows(grants, principal, ResourceType.TOPIC, CONFIG.topic("cmd.send-email"), Operation.READ)
+    assert not allows(grants, principal, ResourceType.GROUP, f"{CONFIG.topic_prefix}step-classify", Operation.READ)
+    ops = all_grants(components=["ops"])
+    assert allows(ops, default_principal("ops"), ResourceType.GROUP, consumer.group_id, Operation.DESCRIBE)
+    with pytest.raises(AclError):
+        select_components(["classify+nope"], LAYOUT)
+    assert parse_principal_overrides(["classify+fetch-order=User:light"], LAYOUT) == {
+        "step:classify+fetch-order": "User:light"
+    }

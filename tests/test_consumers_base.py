@@ -254,3 +254,21 @@ def test_undecodable_command_to_dlq_and_next_processed(topics: Config) -> None:
     headers = dict(dlq.raw[0].headers())
     assert headers["dlq.error_type"] == b"CodecError" and headers["dlq.reason"]
     assert decode(dlq.raw[0].value()) == record
+
+
+def test_a_result_goes_out_when_its_handler_returns_not_at_the_next_poll(topics: Config) -> None:
+    # The main thread waits in the consumer's poll; a finished result waited there for the whole poll
+    # timeout (~50 ms per step in an e-mail's path). With a 6 s poll timeout, a result must not.
+    returned: list[float] = []
+
+    def slow(command: Event, call: int) -> None:
+        time.sleep(0.2)  # the main thread is back in its poll by now
+        returned.append(time.monotonic())
+
+    reader = Reader(topics)
+    with running(StepConsumer(topics, Scripted(slow), poll_timeout=6.0)):
+        produce(topics, fetch_order("quick"))
+        (result,) = reader.take(1, timeout=30)
+        waited = time.monotonic() - returned[0]
+    assert isinstance(result, OrderFetched)
+    assert waited < 3.0, f"the result took {waited:.1f} s after its handler returned: it waited for the poll"

@@ -157,3 +157,30 @@ def test_transient_errors_exit_1_to_be_restarted_permanent_ones_2(
 
     monkeypatch.setattr(processes, "list_processes", fail)
     assert main(["processes", "--state-dir", str(tmp_path)]) == code
+
+
+def test_run_all_together_runs_those_steps_in_one_consumer() -> None:
+    import argparse
+
+    from pm.commands.run import child_specs
+    from pm.errors import PmError
+
+    def args(*together: str, only: str | None = None) -> argparse.Namespace:
+        return argparse.Namespace(
+            with_services=False, only=only, max_active=None, rebuild=False, concurrency=2,
+            llm_latency_ms=7, config=None, together=list(together),
+        )  # fmt: skip
+
+    specs = dict(child_specs(args("draft-reply,classify , fetch-order"), Config()))
+    assert set(specs) == {"pm", "classify+draft-reply+fetch-order", "fetch-refund-policy", "send-email"}
+    argv = specs["classify+draft-reply+fetch-order"]
+    consumer_at = argv.index("consumer")
+    assert argv[consumer_at + 1 : consumer_at + 4] == ["classify", "fetch-order", "draft-reply"]  # app order
+    assert argv[argv.index("--llm-latency-ms") + 1] == "7"  # two of them take it
+    assert "--llm-latency-ms" not in specs["send-email"]
+    # --only still names steps: a group runs those of its steps that are wanted.
+    only = dict(child_specs(args("classify,draft-reply", only="pm,draft-reply"), Config()))
+    assert set(only) == {"pm", "draft-reply"}
+    for bad in ("classify,nope", "classify,draft-reply|draft-reply,send-email"):
+        with pytest.raises(PmError):
+            child_specs(args(*bad.split("|")), Config())

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "--component",
         action="append",
         metavar="NAME",
-        help="only this component (repeatable): pm, step (every step), step:<step>, review, upstream, ops",
+        help="only this component (repeatable): pm, step (every step), step:<step>, step:<a>+<b> (steps on one consumer), review, upstream, ops",
     )
     acls.add_argument(
         "--principal",

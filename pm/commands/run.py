@@ -21,9 +21,17 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run = subparsers.add_parser("run", help="run the PM, a step consumer, a local service, or all of them")
     parts = run.add_subparsers(dest="component", required=True, metavar="COMPONENT")
 
-    consumer = parts.add_parser("consumer", parents=[common], help="run one step consumer")
-    consumer.add_argument("step", help="a step of the app (pm --app ...; default: the bundled app)")
-    consumer.add_argument("--concurrency", type=int, default=4, help="commands handled at once (default 4)")
+    consumer = parts.add_parser(
+        "consumer", parents=[common], help="run a step consumer (one or several steps on one Kafka consumer)"
+    )
+    consumer.add_argument(
+        "step",
+        nargs="+",
+        help="step(s) of the app (pm --app ...; default: the bundled app); several share one consumer and group",
+    )
+    consumer.add_argument(
+        "--concurrency", type=int, default=4, help="commands handled at once, per step (default 4)"
+    )
     consumer.add_argument("--rpm", type=float, default=None, help="steps that take it: requests per minute cap")
     consumer.add_argument("--tpm", type=float, default=None, help="steps that take it: tokens per minute cap")
     consumer.add_argument(
@@ -72,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     every.add_argument(
         "--only", default=None, help="comma-separated subset: pm, step names, service names"
     )
+    every.add_argument(
+        "--together",
+        action="append",
+        default=[],
+        metavar="STEP,STEP,...",
+        help="run these steps in one step consumer (one process, one Kafka consumer); repeatable",
+    )
     every.set_defaults(handler=_all)
 
 
@@ -93,32 +108,34 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
     from pm.steps.consumer import RetryPolicy, run_step_consumer
     from pm.telemetry import setup_telemetry
 
-    step = load_app(config.app or None).step(args.step)  # an unknown step names the app's steps
+    app = load_app(config.app or None)
+    steps = list(dict.fromkeys(args.step))  # a step named twice runs once
+    specs = [app.step(name) for name in steps]  # an unknown step names the app's steps
     options: dict[str, float | int] = {
         k: getattr(args, k) for k in HANDLER_FLAGS if getattr(args, k) is not None
     }
-    refused = sorted(set(options) - set(step.options))
+    refused = sorted(set(options) - {option for spec in specs for option in spec.options})
     if refused:
         flags = ", ".join("--" + k.replace("_", "-") for k in refused)
-        raise PmError(f"{flags} do(es) not apply to step {args.step} (it takes: {', '.join(step.options) or 'none'})")
+        takes = sorted({option for spec in specs for option in spec.options})
+        raise PmError(f"{flags} do(es) not apply to step(s) {', '.join(steps)} (they take: {', '.join(takes) or 'none'})")
     if args.llm_latency_ms is not None and args.llm_latency_ms < 0:
         raise PmError("--llm-latency-ms must be 0 or more")
     if args.concurrency < 1 or args.retries < 1:
         raise PmError("--concurrency and --retries must be at least 1")
     _logging()
-    setup_telemetry(f"pm-step-{args.step}")
-    print(
-        f"step consumer {args.step}: concurrency {args.concurrency}, topic {config.topic('cmd.' + args.step)}",
-        flush=True,
-    )
+    name = "+".join(sorted(steps))
+    setup_telemetry(f"pm-step-{name}")
+    topics = ", ".join(config.topic("cmd." + step) for step in steps)
+    print(f"step consumer {name}: concurrency {args.concurrency} per step, topics {topics}", flush=True)
     consumer = run_step_consumer(
         config,
-        args.step,
+        steps,
         concurrency=args.concurrency,
         retry=RetryPolicy(tries=args.retries),
         options=options,
     )
-    print(f"step consumer {args.step}: stopped {consumer.stats}", flush=True)
+    print(f"step consumer {name}: stopped {consumer.stats}", flush=True)
     return 0
 
 
@@ -173,6 +190,7 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
         if unknown:
             raise PmError(f"--only: unknown component(s) {unknown}; known: {', '.join(known)}")
         names = [n for n in known if n in wanted]
+    together = _together(getattr(args, "together", []), step_names)
     specs: list[tuple[str, list[str]]] = []
     for name in names:
         if name == "pm":
@@ -180,16 +198,38 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
             extra += ["--rebuild"] if getattr(args, "rebuild", False) else []
             specs.append((name, [*base, "pm", *flags, *extra]))
         elif name in step_names:
+            group = [step for step in together.get(name, (name,)) if step in names]
+            if group[0] != name:
+                continue  # started with the first step of its group
             latency = getattr(args, "llm_latency_ms", None)
-            takes = "llm_latency_ms" in app.step(name).options
+            takes = any("llm_latency_ms" in app.step(step).options for step in group)
             extra = ["--llm-latency-ms", str(latency)] if latency is not None and takes else []
             specs.append(
-                (name, [*base, "consumer", name, "--concurrency", str(args.concurrency), *extra, *flags])
+                (
+                    "+".join(sorted(group)),
+                    [*base, "consumer", *group, "--concurrency", str(args.concurrency), *extra, *flags],
+                )
             )
         else:  # a dev service, on its defaults (from the configuration)
             specs.append((name, [*base, "service", *flags, name]))
     # Services first, so consumers find them on their first command.
     return sorted(specs, key=lambda s: s[0] not in services)
+
+
+def _together(groups: list[str], step_names: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+    """`--together a,b` options as step -> its group (in the app's step order); PmError if malformed."""
+    together: dict[str, tuple[str, ...]] = {}
+    for item in groups:
+        wanted = {n.strip() for n in item.split(",") if n.strip()}
+        unknown = sorted(wanted - set(step_names))
+        if unknown:
+            raise PmError(f"--together: unknown step(s) {unknown}; steps: {', '.join(step_names)}")
+        twice = sorted(wanted & set(together))
+        if twice:
+            raise PmError(f"--together: step(s) {twice} are in two groups")
+        group = tuple(n for n in step_names if n in wanted)
+        together.update(dict.fromkeys(group, group))
+    return together
 
 
 def _all(args: argparse.Namespace, config: Config) -> int:

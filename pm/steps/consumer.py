@@ -1,5 +1,11 @@
 """The step-consumer base: `cmd.<step>` in, one result per command on `step.results`, at-least-once, idempotent.
 
+One consumer may run several steps (`StepConsumer(config, [h1, h2])`, `pm run consumer A B`): one
+Kafka consumer and producer for all of them (a broker serves one fetch per consumer, whatever the
+topics), while each step keeps its own lane: handler, ledger, worker pool, buffer and pause. The
+group is `<prefix>step-<name>` for one step and `<prefix>step-<a>+<b>` (sorted) for several; a step
+must be in one running set only (two groups would both run its commands).
+
 One thread owns the Kafka consumer and producer (poll, publish, commit, pause/resume);
 a bounded pool of worker threads runs `handler.handle`, which may block on I/O for
 seconds. Per record:
@@ -38,7 +44,7 @@ import signal
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -71,6 +77,7 @@ log = logging.getLogger("pm.consumers")
 Headers = telemetry.Headers
 TP = tuple[str, int]
 COMMIT_INTERVAL = 0.1  # seconds between asynchronous offset commits
+BUSY_POLL = 0.003  # seconds a poll waits for records while commands run (results go out in between)
 
 
 @dataclass(frozen=True)
@@ -139,10 +146,26 @@ class OffsetTracker:
             self._dirty.discard(tp)
 
 
+@dataclass(eq=False)
+class _Lane:
+    """One step of a consumer: its handler, ledger, worker pool, and flow control over its topic."""
+
+    step: str
+    topic: str  # physical cmd.<step>
+    handler: StepHandler
+    concurrency: int
+    max_buffered: int  # commands polled but not started, beyond `concurrency`, before the topic pauses
+    ledger: Ledger | None = None  # opened by `run`
+    work: queue.Queue[_Work | None] = field(default_factory=queue.Queue)
+    inflight: int = 0  # running and waiting
+    paused: bool = False
+
+
 @dataclass
 class _Work:
     """One command being handled, and every record (duplicates included) that waits for its result."""
 
+    lane: _Lane
     command: Event
     headers: Headers
     refs: list[tuple[TP, int]] = field(default_factory=list)
@@ -155,12 +178,16 @@ def _now() -> datetime:
 
 
 class StepConsumer:
-    """Runs one step's handler over `cmd.<step>`; `run()` blocks until `stop` is set (or `request_stop()`)."""
+    """Runs steps' handlers over their `cmd.<step>` topics; `run()` blocks until `stop` is set (or `request_stop()`).
+
+    `handler` is one handler, or several (one per step) sharing this consumer; `concurrency` and
+    `max_buffered` apply to each step.
+    """
 
     def __init__(
         self,
         config: Config,
-        handler: StepHandler,
+        handler: StepHandler | Sequence[StepHandler],
         *,
         concurrency: int = 4,
         retry: RetryPolicy | None = None,
@@ -174,35 +201,49 @@ class StepConsumer:
             raise ValueError("concurrency must be at least 1")
         if max_buffered is not None and max_buffered < 1:
             raise ValueError("max_buffered must be at least 1")
+        handlers = list(handler) if isinstance(handler, Sequence) else [handler]
+        if not handlers:
+            raise ValueError("a step consumer needs at least one handler")
+        steps = [str(h.step) for h in handlers]  # steps are an open set: the app names them
+        if len(set(steps)) != len(steps):
+            raise ValueError(f"a step is given twice: {steps}")
         self.config = config
-        self.handler = handler
-        self.step = str(handler.step)  # steps are an open set: the app names them
         self.concurrency = concurrency
-        # Commands polled but not started; together with the running ones, what pauses the partitions.
+        # Commands polled but not started; together with the running ones, what pauses a step's topic.
         self.max_buffered = max_buffered if max_buffered is not None else max(4 * concurrency, 64)
+        self._lanes: dict[str, _Lane] = {}  # physical cmd topic -> lane
+        for step, step_handler in zip(steps, handlers, strict=True):
+            topic = config.topic(f"cmd.{step}")
+            self._lanes[topic] = _Lane(step, topic, step_handler, concurrency, self.max_buffered)
+        self.steps = tuple(steps)
+        self.step = "+".join(sorted(steps))  # the consumer's name: logs, client ID, group
+        self.handler = handlers[0]
+        self.topic = next(iter(self._lanes))  # the first step's topic (the only one, for one step)
+        self.topics = tuple(self._lanes)
         self.retry = retry or RetryPolicy()
         self.stop_grace = stop_grace
         self.poll_timeout = poll_timeout
         self.clock = clock
         self._rng = rng or random.Random()
         self._rng_lock = threading.Lock()
-        self.topic = config.topic(f"cmd.{self.step}")
         self.group_id = f"{config.topic_prefix}step-{self.step}"
         self.results_topic = config.topic("step.results")
         self.dlq_topic = config.topic("pm.dlq")
         self._stop = threading.Event()
         self._stopping = threading.Event()  # set once polling stopped: workers abandon backoff sleeps
-        self._work: queue.Queue[_Work | None] = queue.Queue()
         self._finished: queue.Queue[_Work] = queue.Queue()
-        self._inflight: dict[str, _Work] = {}  # command ID -> its run
+        self._inflight: dict[tuple[str, str], _Work] = {}  # (step, command ID) -> its run
         self._tracker = OffsetTracker()
         self._last_commit = 0.0  # monotonic time of the last asynchronous commit
-        self._paused = False
         self._fatal: BaseException | None = None
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._ledger: Ledger | None = None
         self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0}
+
+    @property
+    def _paused(self) -> bool:
+        """Some step's topic is paused (for one step: the consumer is)."""
+        return any(lane.paused for lane in self._lanes.values())
 
     # ------------------------------------------------------------ lifecycle
 
@@ -212,32 +253,38 @@ class StepConsumer:
     def run(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
             self._stop = stop
-        self._ledger = Ledger(ledger_path(self.config, self.step))
+        lanes = list(self._lanes.values())
         try:
-            if isinstance(self.handler, LedgerAware):
-                self.handler.use_ledger(self._ledger)
+            for lane in lanes:
+                lane.ledger = Ledger(ledger_path(self.config, lane.step))
+                if isinstance(lane.handler, LedgerAware):
+                    lane.handler.use_ledger(lane.ledger)
             role = f"step-{self.step}"
             self._producer = make_producer(self.config, role)
             self._consumer = make_consumer(self.config, role, self.group_id)
             workers = [
-                threading.Thread(target=self._worker, name=f"{role}-worker-{i}", daemon=True)
-                for i in range(self.concurrency)
+                threading.Thread(target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True)
+                for lane in lanes
+                for i in range(lane.concurrency)
             ]
             for worker in workers:
                 worker.start()
             self._consumer.subscribe(
-                [self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+                list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
             )
-            log.info("step %s: consuming %s as group %s", self.step, self.topic, self.group_id)
+            log.info("step %s: consuming %s as group %s", self.step, ", ".join(self.topics), self.group_id)
             while not self._stop.is_set():
-                if self._paused:
+                if all(lane.paused for lane in lanes):
                     # Nothing to fetch: wait for a finished command (the next resume), not for a record;
                     # poll(0) still serves rebalances and errors.
                     self._service(wait=self.poll_timeout)
                     msg = self._consumer.poll(0)
                 else:
                     self._service()
-                    msg = self._consumer.poll(self.poll_timeout)
+                    # A finished command's result waits in `_finished` until this loop comes round: while
+                    # commands run, poll briefly, or each result would wait out a whole poll timeout
+                    # (~50 ms per step in an e-mail's path, measured) before it is produced.
+                    msg = self._consumer.poll(BUSY_POLL if self._inflight else self.poll_timeout)
                 if msg is None:
                     continue
                 error = msg.error()
@@ -245,24 +292,27 @@ class StepConsumer:
                     self._on_error(error)
                     continue
                 self._receive(msg)
-            self._shutdown(len(workers))
+            self._shutdown()
         finally:
             if self._consumer is not None:
                 self._consumer.close()
-            self._ledger.close()
+            for lane in lanes:
+                if lane.ledger is not None:
+                    lane.ledger.close()
 
-    def _shutdown(self, workers: int) -> None:
+    def _shutdown(self) -> None:
         """Stop polling; let running handlers finish within the grace period; abandon the rest; commit."""
         self._stopping.set()
-        while True:  # queued, not started: abandon now (uncommitted, so redelivered later)
-            try:
-                work = self._work.get_nowait()
-            except queue.Empty:
-                break
-            if work is not None:
-                self._abandon(work)
-        for _ in range(workers):
-            self._work.put(None)
+        for lane in self._lanes.values():
+            while True:  # queued, not started: abandon now (uncommitted, so redelivered later)
+                try:
+                    work = lane.work.get_nowait()
+                except queue.Empty:
+                    break
+                if work is not None:
+                    self._abandon(work)
+            for _ in range(lane.concurrency):
+                lane.work.put(None)
         deadline = time.monotonic() + self.stop_grace
         while self._inflight and time.monotonic() < deadline:
             self._service(wait=0.05)
@@ -279,8 +329,17 @@ class StepConsumer:
         self._service()
         self._commit(asynchronous=False)
 
+    def _admit(self, work: _Work) -> None:
+        self._inflight[(work.lane.step, work.command.payload.command_id)] = work
+        work.lane.inflight += 1
+        work.lane.work.put(work)
+
+    def _release(self, work: _Work) -> None:
+        if self._inflight.pop((work.lane.step, work.command.payload.command_id), None) is not None:
+            work.lane.inflight -= 1
+
     def _abandon(self, work: _Work) -> None:
-        self._inflight.pop(work.command.payload.command_id, None)
+        self._release(work)
         self.stats["abandoned"] += 1
 
     # ------------------------------------------------------------ main thread
@@ -295,29 +354,33 @@ class StepConsumer:
         assert topic is not None and partition is not None and offset is not None
         tp = (topic, partition)
         self._tracker.add(tp, offset)
+        lane = self._lanes.get(topic)
+        if lane is None:  # not subscribed: cannot happen, but never a silent skip
+            self._dead_letter(msg, f"{topic} is not a topic of {self.step}", "UnexpectedTopic", self.step)
+            return
         value = msg.value()
         try:
             command = decode(value or b"")
         except CodecError as exc:
-            self._dead_letter(msg, str(exc), type(exc).__name__)
+            self._dead_letter(msg, str(exc), type(exc).__name__, lane.step)
             return
         if (
             not isinstance(command.payload, CommandPayload)
-            or getattr(type(command), "STEP", None) != self.step
+            or getattr(type(command), "STEP", None) != lane.step
         ):
             self._dead_letter(
-                msg, f"{command.type} is not a {self.step} command", "UnexpectedEventType"
+                msg, f"{command.type} is not a {lane.step} command", "UnexpectedEventType", lane.step
             )
             return
         command_id = command.payload.command_id
         raw_headers = msg.headers() or []
         headers: Headers = list(raw_headers.items() if isinstance(raw_headers, dict) else raw_headers)
-        assert self._ledger is not None
-        entry = self._ledger.get(command_id)
+        assert lane.ledger is not None
+        entry = lane.ledger.get(command_id)
         if entry is not None and entry.completed and entry.result is not None:
             # Done before (redelivery, or the PM re-sent it): the same bytes, not a second side effect.
             with telemetry.tracer().start_as_current_span(
-                f"step {self.step}",
+                f"step {lane.step}",
                 context=telemetry.extract(headers),
                 attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
             ):
@@ -331,47 +394,46 @@ class StepConsumer:
                 [(tp, offset)],
             )
             return
-        running = self._inflight.get(command_id)
+        running = self._inflight.get((lane.step, command_id))
         if running is not None:  # the same command twice in flight: one run, both records wait for it
             running.refs.append((tp, offset))
             return
-        work = _Work(command=command, headers=headers, refs=[(tp, offset)])
-        self._inflight[command_id] = work
-        self._work.put(work)
-        self._flow_control()
+        self._admit(_Work(lane=lane, command=command, headers=headers, refs=[(tp, offset)]))
+        self._flow_control(lane)
 
     def _service(self, wait: float = 0.0) -> None:
         """Publish finished results, serve delivery callbacks, commit what is contiguous, pause/resume."""
         if self._fatal is not None:
             raise self._fatal
-        assert self._producer is not None and self._ledger is not None
+        assert self._producer is not None
         try:
             work: _Work | None = self._finished.get(timeout=wait) if wait else self._finished.get_nowait()
         except queue.Empty:
             work = None
         while work is not None:
-            command_id = work.command.payload.command_id
-            self._inflight.pop(command_id, None)
+            lane = work.lane
+            self._release(work)
             if work.result is None:
                 self.stats["abandoned"] += 1
             else:
+                assert lane.ledger is not None
                 try:
                     encoded = encode(work.result)
                 except CodecError as exc:  # a handler built a result the schema cannot carry: report it
                     work.result = failed_result(
                         work.command,
-                        self.step,
+                        lane.step,
                         self.clock(),
                         reason=f"result not encodable: {exc}",
                         retryable=False,
                     )
                     encoded = encode(work.result)
-                self._ledger.complete(command_id, encoded)
+                lane.ledger.complete(work.command.payload.command_id, encoded)
                 self.stats["handled"] += 1
                 # Issued (the command's occurred_at, from the PM) to answered, queueing in cmd.<step> included.
                 telemetry.command_round_trip().record(
                     max(0.0, (work.result.occurred_at - work.command.occurred_at).total_seconds()),
-                    {"pm.step": self.step},
+                    {"pm.step": lane.step},
                 )
                 key = work.command.correlation_id.encode()
                 self._publish(self.results_topic, key, encoded, work.result_headers, work.refs)
@@ -388,24 +450,28 @@ class StepConsumer:
         if time.monotonic() - self._last_commit >= COMMIT_INTERVAL:
             self._last_commit = time.monotonic()
             self._commit(asynchronous=True)
-        self._flow_control()
+        for lane in self._lanes.values():
+            self._flow_control(lane)
 
-    def _flow_control(self) -> None:
-        """Pause when `max_buffered` commands wait besides the running ones; resume when half of them left."""
+    def _flow_control(self, lane: _Lane) -> None:
+        """Pause a step's topic when `max_buffered` commands wait besides the running ones; resume at half."""
         if self._consumer is None or self._stopping.is_set():
             return
-        inflight = len(self._inflight)  # running (at most `concurrency`) and waiting
-        if not self._paused and inflight >= self.concurrency + self.max_buffered:
-            self._consumer.pause(self._consumer.assignment())
-            self._paused = True
+        if not lane.paused and lane.inflight >= lane.concurrency + lane.max_buffered:
+            self._consumer.pause(self._assigned(lane))
+            lane.paused = True
             self.stats["pauses"] += 1
-        elif self._paused and inflight <= self.concurrency + self.max_buffered // 2:
-            self._resume()
-            self._paused = False
+        elif lane.paused and lane.inflight <= lane.concurrency + lane.max_buffered // 2:
+            self._resume(lane)
+            lane.paused = False
 
-    def _resume(self) -> None:
+    def _assigned(self, lane: _Lane) -> list[TopicPartition]:
         assert self._consumer is not None
-        assignment = self._consumer.assignment()
+        return [tp for tp in self._consumer.assignment() if tp.topic == lane.topic]
+
+    def _resume(self, lane: _Lane) -> None:
+        assert self._consumer is not None
+        assignment = self._assigned(lane)
         self._consumer.resume(assignment)
         # librdkafka does not wake its fetcher on resume: it would sleep on up to 1 s before fetching.
         # A seek to the position it resumes from anyway changes the fetch state, which wakes the
@@ -417,7 +483,7 @@ class StepConsumer:
                 if tp.offset >= 0:
                     self._consumer.seek(tp)
         except KafkaException as exc:  # e.g. a rebalance meanwhile: fetching still resumes, only later
-            log.debug("step %s: seek after resume failed: %s", self.step, exc)
+            log.debug("step %s: seek after resume failed: %s", lane.step, exc)
 
     def _publish(
         self, topic: str, key: bytes, value: bytes, headers: Headers, refs: list[tuple[TP, int]]
@@ -449,7 +515,7 @@ class StepConsumer:
             except BufferError:  # local queue full: serve callbacks and try again, never drop
                 self._producer.poll(0.1)
 
-    def _dead_letter(self, msg: Message, reason: str, error_type: str) -> None:
+    def _dead_letter(self, msg: Message, reason: str, error_type: str, step: str) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         assert topic is not None and partition is not None and offset is not None
         record, headers = dead_letter(
@@ -460,10 +526,10 @@ class StepConsumer:
             msg.value(),
             reason=reason,
             error_type=error_type,
-            failed_by=f"step-{self.step}",
+            failed_by=f"step-{step}",
             now=self.clock(),
         )
-        log.warning("step %s: %s/%d/%d to the DLQ: %s", self.step, topic, partition, offset, reason)
+        log.warning("step %s: %s/%d/%d to the DLQ: %s", step, topic, partition, offset, reason)
         self.stats["dead_lettered"] += 1
         telemetry.dlq_records().add(
             1, {"messaging.destination.name": record.payload.source_topic, "error.type": error_type}
@@ -489,14 +555,15 @@ class StepConsumer:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # librdkafka keeps an application pause across revoke/assign, so a partition handed to us takes
         # the state of our flow control explicitly: fetching, or paused with the rest of the assignment
-        # while we are full (`_resume` resumes the whole assignment). Never forget a pause here: an
+        # while we are full (`_resume` resumes the step's whole assignment). Never forget a pause here: an
         # incremental (cooperative) rebalance hands over only the partitions that move, and the kept
         # ones, paused while we were full, would then stay paused for good - every later command on
         # them stranded until the PM's step timeout, and its retry (same key, same partition) too.
         consumer.resume(partitions)
-        if self._paused and partitions:
-            consumer.pause(partitions)
-        log.info("step %s: assigned %s", self.step, [p.partition for p in partitions])
+        paused = [p for p in partitions if (lane := self._lanes.get(p.topic)) is not None and lane.paused]
+        if paused:
+            consumer.pause(paused)
+        log.info("step %s: assigned %s", self.step, [f"{p.topic}/{p.partition}" for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Give in-flight commands of the revoked partitions a bounded time to finish, commit, then let go."""
@@ -512,18 +579,18 @@ class StepConsumer:
 
     # ------------------------------------------------------------ workers
 
-    def _worker(self) -> None:
+    def _worker(self, lane: _Lane) -> None:
         while True:
-            work = self._work.get()
+            work = lane.work.get()
             if work is None:
                 return
             try:
                 self._run(work)
             except BaseException as exc:  # never lose a worker; the record stays uncommitted
-                log.exception("step %s: worker failed", self.step)
+                log.exception("step %s: worker failed", lane.step)
                 work.result = failed_result(
                     work.command,
-                    self.step,
+                    lane.step,
                     self.clock(),
                     reason=f"{type(exc).__name__}: {exc}",
                     retryable=False,
@@ -531,19 +598,19 @@ class StepConsumer:
             self._finished.put(work)
 
     def _run(self, work: _Work) -> None:
-        command = work.command
+        command, step = work.command, work.lane.step
         attributes = {
             **telemetry.event_attributes(command),
-            **telemetry.record_attributes(f"cmd.{self.step}"),
+            **telemetry.record_attributes(f"cmd.{step}"),
             "correlation_id": command.correlation_id,
             "command_id": command.payload.command_id,
-            "step": self.step,
+            "step": step,
             "attempt": command.payload.attempt,
         }
         with telemetry.tracer().start_as_current_span(
-            f"step {self.step}", context=telemetry.extract(work.headers), attributes=attributes
+            f"step {step}", context=telemetry.extract(work.headers), attributes=attributes
         ) as span:
-            result, tries = self._execute(command)
+            result, tries = self._execute(work.lane, command)
             span.set_attribute("pm.step.tries", tries)
             if result is not None:
                 span.set_attribute("pm.result_type", result.type)
@@ -552,18 +619,18 @@ class StepConsumer:
             work.result = result
             work.result_headers = telemetry.inject([])
 
-    def _execute(self, command: Event) -> tuple[Event | None, int]:
+    def _execute(self, lane: _Lane, command: Event) -> tuple[Event | None, int]:
         """The handler's result, or a failed result; None when stopping interrupted a retry (abandon)."""
         last: TransientError | None = None
         tries = 0
         while tries < self.retry.tries:
             tries += 1
             try:
-                return self.handler.handle(command, self.clock()), tries
+                return lane.handler.handle(command, self.clock()), tries
             except TransientError as exc:
                 last = exc
                 log.info(
-                    "step %s: transient error (try %d/%d): %s", self.step, tries, self.retry.tries, exc
+                    "step %s: transient error (try %d/%d): %s", lane.step, tries, self.retry.tries, exc
                 )
                 if tries >= self.retry.tries:
                     break
@@ -573,20 +640,20 @@ class StepConsumer:
                     return None, tries
             except PermanentError as exc:
                 return failed_result(
-                    command, self.step, self.clock(), reason=exc.reason, retryable=False, errors=exc.errors
+                    command, lane.step, self.clock(), reason=exc.reason, retryable=False, errors=exc.errors
                 ), tries
             except Exception as exc:  # a handler bug must not kill the consumer: report it to the PM
-                log.exception("step %s: handler raised", self.step)
+                log.exception("step %s: handler raised", lane.step)
                 return failed_result(
-                    command, self.step, self.clock(), reason=f"{type(exc).__name__}: {exc}", retryable=False
+                    command, lane.step, self.clock(), reason=f"{type(exc).__name__}: {exc}", retryable=False
                 ), tries
         reason = f"gave up after {tries} tries: {last}"
-        return failed_result(command, self.step, self.clock(), reason=reason, retryable=True), tries
+        return failed_result(command, lane.step, self.clock(), reason=reason, retryable=True), tries
 
 
 def run_step_consumer(
     config: Config,
-    step: str,
+    step: str | Sequence[str],
     *,
     concurrency: int = 4,
     retry: RetryPolicy | None = None,
@@ -594,11 +661,22 @@ def run_step_consumer(
     stop: threading.Event | None = None,
     app: App | None = None,
 ) -> StepConsumer:
-    """Build the step's handler from the app and run its consumer until SIGTERM/SIGINT (or `stop`)."""
+    """Build the steps' handlers from the app and run them on one consumer until SIGTERM/SIGINT (or `stop`).
+
+    Each step's handler gets those of `options` it declares (`StepSpec.options`).
+    """
     from pm.app import load_app
 
-    handler = (app or load_app(config.app or None)).step(step).build_handler(config, **(options or {}))
-    consumer = StepConsumer(config, handler, concurrency=concurrency, retry=retry)
+    the_app = app or load_app(config.app or None)
+    specs = [the_app.step(name) for name in ([step] if isinstance(step, str) else step)]
+    options = options or {}
+    taken = {option for spec in specs for option in spec.options}
+    if set(options) - taken:
+        raise ValueError(f"options {sorted(set(options) - taken)} apply to none of the steps {[s.name for s in specs]}")
+    handlers = [
+        spec.build_handler(config, **{k: v for k, v in options.items() if k in spec.options}) for spec in specs
+    ]
+    consumer = StepConsumer(config, handlers, concurrency=concurrency, retry=retry)
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
