@@ -184,3 +184,14 @@ def test_run_all_together_runs_those_steps_in_one_consumer() -> None:
     for bad in ("classify,nope", "classify,draft-reply|draft-reply,send-email"):
         with pytest.raises(PmError):
             child_specs(args(*bad.split("|")), Config())
+
+
+def test_run_consumer_refuses_a_flag_none_of_its_steps_takes(capsys: pytest.CaptureFixture[str]) -> None:
+    from pm.cli import main
+
+    # classify takes --rpm, so a set with it does; fetch-order with send-email does not (before any I/O).
+    assert main(["run", "consumer", "fetch-order", "send-email", "--rpm", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "--rpm do(es) not apply to step(s) fetch-order, send-email" in err
+    assert main(["run", "consumer", "classify", "nope"]) == 2
+    assert "no step 'nope'" in capsys.readouterr().err
