@@ -127,6 +127,16 @@ class Plan:
     # counted from the decision time, the PM's input lag at 1000 escalated 692 processes), 40 for
     # the quick (CI) run so that deferred e-mails and rewinds meet the kills there too.
     max_active: int = 1000
+    # Steps run on one step consumer (`pm run all --together`): one process, one kill target.
+    together: tuple[str, ...] = ()
+
+    @property
+    def killable(self) -> tuple[str, ...]:
+        """The supervised components a kill may hit: the PM and each step consumer (by its name)."""
+        if not self.together:
+            return KILLABLE
+        group = "+".join(sorted(self.together))
+        return ("pm", group, *(s for s in STEPS if s not in self.together))
 
     @classmethod
     def make(
@@ -138,11 +148,14 @@ class Plan:
         seconds: float | None = None,
         seed: int | None = None,
         max_active: int | None = None,
+        together: tuple[str, ...] = (),
     ) -> Plan:
         n = emails if emails is not None else (100 if quick else 1000)
         k = kills if kills is not None else (5 if quick else 20)
         if n < 1 or k < 0:
             raise ChaosFailed("--emails must be at least 1 and --kills at least 0")
+        if set(together) - set(STEPS) or len(set(together)) != len(together):
+            raise ChaosFailed(f"--together: steps of {', '.join(STEPS)}, each once")
         # About the rate 2 busy cores sustain (~3 e-mails/s), so the kills fall on live work.
         publish = max(15.0, n / 3.0)
         return cls(
@@ -152,6 +165,7 @@ class Plan:
             seed=seed if seed is not None else random.SystemRandom().randrange(2**31),
             publish_seconds=publish,
             max_active=max_active if max_active is not None else (40 if quick else 1000),
+            together=tuple(together),
         )
 
 
@@ -251,14 +265,19 @@ class Reviewer:
 
 
 def component_name(argv: list[str]) -> str | None:
-    """`python -m pm run consumer fetch-order ...` -> fetch-order; `... run pm ...` -> pm."""
+    """`python -m pm run consumer fetch-order ...` -> fetch-order (`consumer b a` -> a+b); `run pm` -> pm."""
     if "run" not in argv:
         return None
     rest = argv[argv.index("run") + 1 :]
     if not rest:
         return None
     if rest[0] == "consumer":
-        return rest[1] if len(rest) > 1 else None
+        steps = []
+        for word in rest[1:]:
+            if word.startswith("-"):
+                break
+            steps.append(word)
+        return "+".join(sorted(steps)) if steps else None
     if rest[0] == "service":  # `run service [flags] NAME`: the name is the last word before its options
         names = [a for a in rest[1:] if not a.startswith("-")]
         flags_with_values = {"--bootstrap", "--prefix", "--state-dir", "--config", "--app"}
@@ -308,11 +327,14 @@ class Killer:
 
     def __post_init__(self) -> None:
         k = self.plan.kills
-        self.targets = self.rng.choices(KILLABLE, weights=KILL_WEIGHTS, k=k)
+        killable = self.plan.killable
+        # The PM as often as before; a step consumer by the steps it runs (one process for several).
+        weights = (KILL_WEIGHTS[0], *(len(name.split("+")) for name in killable[1:]))
+        self.targets = self.rng.choices(killable, weights=weights, k=k)
         if k >= 1 and "pm" not in self.targets:
             self.targets[self.rng.randrange(k)] = "pm"
         if k >= 2 and set(self.targets) == {"pm"}:
-            self.targets[self.rng.randrange(k)] = self.rng.choice(STEPS)
+            self.targets[self.rng.randrange(k)] = self.rng.choice(killable[1:])
 
     def arm(self, now: float) -> None:
         """Plan the kills at random moments of the rest of the publishing window, while work is live.
@@ -643,6 +665,7 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
             env.pop("PM_CONFIG", None)
             argv = [sys.executable, "-m", "pm", "run", "all", "--with-services"]
             argv += ["--concurrency", str(plan.concurrency), "--max-active", str(plan.max_active)]
+            argv += ["--together", ",".join(plan.together)] if plan.together else []
             argv += ["--bootstrap", broker.bootstrap]
             argv += ["--prefix", config.topic_prefix, "--state-dir", str(config.state_dir)]
             with (logs / "supervisor.log").open("ab") as out:
@@ -708,7 +731,7 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
             back_by = time.monotonic() + 20
             while time.monotonic() < back_by:
                 last_children = supervised(supervisor.pid)
-                if set(KILLABLE) <= set(last_children):
+                if set(plan.killable) <= set(last_children):
                     break
                 time.sleep(0.5)
             killed = {name for _, name, _ in killer.kills}
@@ -716,7 +739,7 @@ def _run_chaos(plan: Plan, workdir: Path | None) -> ChaosReport:
                 f"at least {plan.kills} SIGKILLs (the PM among them), every victim restarted",
                 len(killer.kills) >= plan.kills
                 and ("pm" in killed or plan.kills == 0)
-                and set(KILLABLE) <= set(last_children),
+                and set(plan.killable) <= set(last_children),
                 f"{len(killer.kills)} kills ({', '.join(f'{n} {c}' for n, c in Counter(n for _, n, _ in killer.kills).items())}); "
                 f"running at the end: {', '.join(sorted(last_children))}",
             )
@@ -823,6 +846,9 @@ def main(argv: list[str] | None = None) -> int:
         "--max-active", type=int, default=None, help="PM backpressure (default 1000, quick 40)"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep logs, Maildir and stores here")
+    parser.add_argument(
+        "--together", default="", help="comma-separated steps run on one step consumer (pm run all --together)"
+    )
     args = parser.parse_args(argv)
     try:
         plan = Plan.make(
@@ -832,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             seconds=args.seconds,
             seed=args.seed,
             max_active=args.max_active,
+            together=tuple(n.strip() for n in args.together.split(",") if n.strip()),
         )
     except ChaosFailed as exc:
         parser.error(str(exc))

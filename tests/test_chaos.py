@@ -124,6 +124,8 @@ def test_component_names_and_supervised_children() -> None:
         == "send-email"
     )
     assert component_name([sys.executable, "-m", "pm", "run", "pm", "--bootstrap", "b"]) == "pm"
+    steps = [sys.executable, "-m", "pm", "run", "consumer", "fetch-order", "classify", "--concurrency", "4"]
+    assert component_name(steps) == "classify+fetch-order"  # several steps: one component (the ACL name)
     argv = [sys.executable, "-m", "pm", "run", "service", "--prefix", "p.", "smtp-sink", "--port", "1"]
     assert component_name(argv) == "smtp-sink"
     assert component_name(["sleep", "30"]) is None

@@ -6,9 +6,9 @@ topics), while each step keeps its own lane: handler, ledger, worker pool, buffe
 group is `<prefix>step-<name>` for one step and `<prefix>step-<a>+<b>` (sorted) for several; a step
 must be in one running set only (two groups would both run its commands).
 
-One thread owns the Kafka consumer and producer (poll, publish, commit, pause/resume);
-a bounded pool of worker threads runs `handler.handle`, which may block on I/O for
-seconds. Per record:
+One thread owns the Kafka consumer (poll, commit, pause/resume) and serves the producer's
+delivery callbacks; a bounded pool of worker threads runs `handler.handle`, which may block on I/O
+for seconds, and publishes its result at once (step 4). Per record:
 
 1. decode (`pm.codec`); undecodable or not this step's command -> `pm.dlq` with reason headers;
 2. look the command ID up in the ledger: completed -> re-publish the recorded result bytes,
@@ -77,7 +77,6 @@ log = logging.getLogger("pm.consumers")
 Headers = telemetry.Headers
 TP = tuple[str, int]
 COMMIT_INTERVAL = 0.1  # seconds between asynchronous offset commits
-BUSY_POLL = 0.003  # seconds a poll waits for records while commands run (results go out in between)
 
 
 @dataclass(frozen=True)
@@ -236,6 +235,7 @@ class StepConsumer:
         self._tracker = OffsetTracker()
         self._last_commit = 0.0  # monotonic time of the last asynchronous commit
         self._fatal: BaseException | None = None
+        self._owner: threading.Thread | None = None  # the thread in `run`: polls, serves callbacks
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0}
@@ -253,6 +253,7 @@ class StepConsumer:
     def run(self, stop: threading.Event | None = None) -> None:
         if stop is not None:
             self._stop = stop
+        self._owner = threading.current_thread()
         lanes = list(self._lanes.values())
         try:
             for lane in lanes:
@@ -281,10 +282,7 @@ class StepConsumer:
                     msg = self._consumer.poll(0)
                 else:
                     self._service()
-                    # A finished command's result waits in `_finished` until this loop comes round: while
-                    # commands run, poll briefly, or each result would wait out a whole poll timeout
-                    # (~50 ms per step in an e-mail's path, measured) before it is produced.
-                    msg = self._consumer.poll(BUSY_POLL if self._inflight else self.poll_timeout)
+                    msg = self._consumer.poll(self.poll_timeout)
                 if msg is None:
                     continue
                 error = msg.error()
@@ -402,7 +400,7 @@ class StepConsumer:
         self._flow_control(lane)
 
     def _service(self, wait: float = 0.0) -> None:
-        """Publish finished results, serve delivery callbacks, commit what is contiguous, pause/resume."""
+        """Count finished commands, serve delivery callbacks, commit what is contiguous, pause/resume."""
         if self._fatal is not None:
             raise self._fatal
         assert self._producer is not None
@@ -410,33 +408,17 @@ class StepConsumer:
             work: _Work | None = self._finished.get(timeout=wait) if wait else self._finished.get_nowait()
         except queue.Empty:
             work = None
-        while work is not None:
-            lane = work.lane
+        while work is not None:  # published by its worker already (`_complete`): bookkeeping only
             self._release(work)
             if work.result is None:
                 self.stats["abandoned"] += 1
             else:
-                assert lane.ledger is not None
-                try:
-                    encoded = encode(work.result)
-                except CodecError as exc:  # a handler built a result the schema cannot carry: report it
-                    work.result = failed_result(
-                        work.command,
-                        lane.step,
-                        self.clock(),
-                        reason=f"result not encodable: {exc}",
-                        retryable=False,
-                    )
-                    encoded = encode(work.result)
-                lane.ledger.complete(work.command.payload.command_id, encoded)
                 self.stats["handled"] += 1
                 # Issued (the command's occurred_at, from the PM) to answered, queueing in cmd.<step> included.
                 telemetry.command_round_trip().record(
                     max(0.0, (work.result.occurred_at - work.command.occurred_at).total_seconds()),
-                    {"pm.step": lane.step},
+                    {"pm.step": work.lane.step},
                 )
-                key = work.command.correlation_id.encode()
-                self._publish(self.results_topic, key, encoded, work.result_headers, work.refs)
             try:
                 work = self._finished.get_nowait()
             except queue.Empty:
@@ -512,8 +494,11 @@ class StepConsumer:
             try:
                 self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
                 return
-            except BufferError:  # local queue full: serve callbacks and try again, never drop
-                self._producer.poll(0.1)
+            except BufferError:  # local queue full: try again, never drop
+                if threading.current_thread() is self._owner:
+                    self._producer.poll(0.1)  # serves the callbacks that free the queue
+                else:  # a worker: delivery callbacks belong to the main thread (offset bookkeeping)
+                    time.sleep(0.05)
 
     def _dead_letter(self, msg: Message, reason: str, error_type: str, step: str) -> None:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
@@ -595,7 +580,34 @@ class StepConsumer:
                     reason=f"{type(exc).__name__}: {exc}",
                     retryable=False,
                 )
+            if work.result is not None:
+                try:
+                    self._complete(work)
+                except BaseException as exc:  # the main thread raises it (the record stays uncommitted)
+                    self._fatal = exc
             self._finished.put(work)
+
+    def _complete(self, work: _Work) -> None:
+        """Record the result in the ledger, then publish it: from the worker, the moment the handler returns.
+
+        (From the main thread it waited for the loop to come round, up to a whole poll timeout: ~50 ms
+        per step in an e-mail's path.) The delivery callback runs on the main thread, in its producer
+        poll; a copy of the command received meanwhile either finds the ledger completed (and is
+        answered from it) or joins `refs` before that callback can run.
+        """
+        assert work.result is not None
+        lane = work.lane
+        assert lane.ledger is not None
+        try:
+            encoded = encode(work.result)
+        except CodecError as exc:  # a handler built a result the schema cannot carry: report it
+            work.result = failed_result(
+                work.command, lane.step, self.clock(), reason=f"result not encodable: {exc}", retryable=False
+            )
+            encoded = encode(work.result)
+        lane.ledger.complete(work.command.payload.command_id, encoded)
+        key = work.command.correlation_id.encode()
+        self._publish(self.results_topic, key, encoded, work.result_headers, work.refs)
 
     def _run(self, work: _Work) -> None:
         command, step = work.command, work.lane.step
