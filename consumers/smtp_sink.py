@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import email
-import email.policy
 import mailbox
 import threading
 from collections import deque
@@ -81,16 +79,19 @@ class MaildirHandler:
         if mode == REFUSE:
             return REFUSE_REPLY
         raw = envelope.original_content or envelope.content
-        message = email.message_from_bytes(
-            raw if isinstance(raw, bytes) else raw.encode(), policy=email.policy.SMTP
-        )
-        message["Return-Path"] = f"<{envelope.mail_from}>"
-        message["X-Envelope-To"] = ", ".join(envelope.rcpt_tos)
-        key = self.maildir.add(mailbox.MaildirMessage(message))
+        # The message as received, the envelope as two header lines in front: parsing and re-generating
+        # it (email.message, a deep copy in mailbox) cost this stand-in ~4 ms of CPU per message.
+        head = f"Return-Path: <{_one_line(envelope.mail_from)}>\r\nX-Envelope-To: {_one_line(', '.join(envelope.rcpt_tos))}\r\n"
+        key = self.maildir.add(head.encode() + (raw if isinstance(raw, bytes) else raw.encode()))
         if mode == DROP_AFTER_DATA:
             server.transport.abort()  # no reply: the client cannot tell whether the message went out
             await asyncio.Event().wait()  # cancelled by aiosmtpd once it sees the connection lost
         return f"250 OK: queued as {key}"
+
+
+def _one_line(text: str) -> str:
+    """An envelope value as one header line (SMTP commands cannot carry CR/LF; never trust that)."""
+    return text.replace("\r", " ").replace("\n", " ")
 
 
 def _checked(mode: str) -> Mode:
