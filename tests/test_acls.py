@@ -194,20 +194,23 @@ def test_pm_identities_match_the_runtime() -> None:
         )
 
 
+class _Handler:
+    """A step handler that only names its step (the ACL tests build consumers, never run them)."""
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def handle(self, command: Event, now: datetime) -> Event:
+        raise NotImplementedError
+
+
 def test_step_groups_match_the_step_consumers() -> None:
     from customer_email.events import Step
     from pm.steps.consumer import StepConsumer
 
-    class Handler:
-        def __init__(self, step: Step) -> None:
-            self.step = step
-
-        def handle(self, command: Event, now: datetime) -> Event:
-            raise NotImplementedError
-
     grants = all_grants()
     for step in Step:
-        consumer = StepConsumer(CONFIG, Handler(step))
+        consumer = StepConsumer(CONFIG, _Handler(step))
         principal = default_principal(f"step:{step.value}")
         assert allows(grants, principal, ResourceType.GROUP, consumer.group_id, Operation.READ)
         assert allows(grants, principal, ResourceType.TOPIC, consumer.topic, Operation.READ)
@@ -333,16 +336,9 @@ def test_steps_together_have_one_component_with_their_group() -> None:
     from customer_email.events import Step
     from pm.steps.consumer import StepConsumer
 
-    class Handler:
-        def __init__(self, step: Step) -> None:
-            self.step = step
-
-        def handle(self, command: Event, now: datetime) -> Event:
-            raise NotImplementedError
-
     assert select_components(["fetch-order+classify", "pm"], LAYOUT) == (PM, "step:classify+fetch-order")
     grants = all_grants(components=["step:fetch-order+classify"])
-    consumer = StepConsumer(CONFIG, [Handler(Step.FETCH_ORDER), Handler(Step.CLASSIFY)])
+    consumer = StepConsumer(CONFIG, [_Handler(Step.FETCH_ORDER), _Handler(Step.CLASSIFY)])
     principal = default_principal("step:classify+fetch-order")
     assert allows(grants, principal, ResourceType.GROUP, consumer.group_id, Operation.READ)
     for topic in consumer.topics:
