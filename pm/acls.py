@@ -332,8 +332,10 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         add(ResourceType.GROUP, prefix + _PM_GROUP, Operation.DESCRIBE)
         for step in steps:
             add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step}", Operation.DESCRIBE)
-        # ... and of steps run together on one consumer (step-a+b): '+' is in no step's own group name.
-        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}", Operation.DESCRIBE, PatternType.PREFIXED)
+        # ... and of steps run together on one consumer (step-a+b), under this deployment's prefix only:
+        # without one, a prefixed grant would reach other deployments' step groups.
+        if prefix:
+            add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}", Operation.DESCRIBE, PatternType.PREFIXED)
         add(ResourceType.CLUSTER, CLUSTER_NAME, Operation.DESCRIBE)
         idempotent_producer()  # for its pm.dlq writes
     else:

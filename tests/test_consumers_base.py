@@ -17,7 +17,7 @@ from pm.config import Config
 from pm.events import DlqRecord, Event, StepFailed
 from pm.kafka import make_consumer
 from pm.steps.consumer import OffsetTracker, RetryPolicy, StepConsumer
-from pm.steps.handler import PermanentError, TransientError, result_event
+from pm.steps.handler import PermanentError, TransientError, failed_result, result_event
 
 FAST = RetryPolicy(tries=3, base_delay=0.01, max_delay=0.05)
 
@@ -272,3 +272,27 @@ def test_a_result_goes_out_when_its_handler_returns_not_at_the_next_poll(topics:
         waited = time.monotonic() - returned[0]
     assert isinstance(result, OrderFetched)
     assert waited < 3.0, f"the result took {waited:.1f} s after its handler returned: it waited for the poll"
+
+
+def test_a_result_too_large_for_a_record_becomes_a_failed_result(topics: Config) -> None:
+    # A huge result (e.g. a model's endless draft) would be refused by the broker, and replayed from the
+    # ledger at every restart: it is answered as a permanent failure instead, and the partition flows.
+    config = topics.with_overrides(max_record_bytes=8192)
+
+    class Huge(Scripted):
+        def handle(self, command: Event, now: datetime) -> Event:
+            return failed_result(command, "fetch-order", now, reason="x" * 6000, retryable=True)
+
+    class Empty(Scripted):  # a handler path without `return`: answered, never a stalled partition
+        def handle(self, command: Event, now: datetime) -> Event:
+            return None  # type: ignore[return-value]
+
+    reader = Reader(config)
+    for handler, order in ((Huge(), "huge"), (Empty(), "none")):
+        command = fetch_order(order)
+        with running(StepConsumer(config, handler)):
+            produce(config, command)
+            (result,) = reader.take(1)
+        assert isinstance(result, StepFailed) and result.causation_id == command.event_id
+        assert result.payload.retryable is False
+        assert ("bytes a result record may have" if order == "huge" else "returned NoneType") in result.payload.reason

@@ -30,8 +30,10 @@ pause/resume cycle is expensive: librdkafka drops the prefetched records on paus
 resume its fetcher thread, which sleeps up to 1 s while it has nothing to fetch, is not woken
 (the fetch state stays "active"). `_resume` therefore seeks every resumed partition to its
 position: a no-op for the offsets, but a fetch-state change, which wakes the fetcher at once.
-A rebalance does not end a pause: partitions handed over while the buffer is full are paused with
-the rest, and `_resume` resumes the whole assignment.
+A rebalance does not end a pause: partitions handed over while a step's buffer is full are paused
+with the rest of its topic, and `_resume` resumes the step's whole assignment. Steps sharing a
+consumer share its rebalances: while a revoke waits for the revoked partitions' running commands
+(up to `stop_grace`), no step fetches.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ log = logging.getLogger("pm.consumers")
 Headers = telemetry.Headers
 TP = tuple[str, int]
 COMMIT_INTERVAL = 0.1  # seconds between asynchronous offset commits
+RESULT_MARGIN = 4096  # bytes of a record beside its value (key, trace headers, framing)
 
 
 @dataclass(frozen=True)
@@ -553,11 +556,14 @@ class StepConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Give in-flight commands of the revoked partitions a bounded time to finish, commit, then let go."""
         revoked = [(p.topic, p.partition) for p in partitions]
-        deadline = time.monotonic() + self.stop_grace
-        while self._tracker.pending(revoked) and time.monotonic() < deadline and self._fatal is None:
-            self._service(wait=0.05)
-        self._commit(asynchronous=False, partitions=revoked)
-        self._tracker.forget(revoked)
+        # Stopping: `_shutdown` waited its grace already; what is left was abandoned (redone later).
+        deadline = time.monotonic() + (0.0 if self._stopping.is_set() else self.stop_grace)
+        try:
+            while self._tracker.pending(revoked) and time.monotonic() < deadline and self._fatal is None:
+                self._service(wait=0.05)  # may raise a worker's fatal error: commit what is done anyway
+        finally:
+            self._commit(asynchronous=False, partitions=revoked)
+            self._tracker.forget(revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._tracker.forget([(p.topic, p.partition) for p in partitions])
@@ -573,13 +579,14 @@ class StepConsumer:
                 self._run(work)
             except BaseException as exc:  # never lose a worker; the record stays uncommitted
                 log.exception("step %s: worker failed", lane.step)
-                work.result = failed_result(
-                    work.command,
-                    lane.step,
-                    self.clock(),
-                    reason=f"{type(exc).__name__}: {exc}",
-                    retryable=False,
-                )
+                if work.result is None:  # a result the handler returned stands (its side effect is done)
+                    work.result = failed_result(
+                        work.command,
+                        lane.step,
+                        self.clock(),
+                        reason=f"{type(exc).__name__}: {exc}",
+                        retryable=False,
+                    )
             if work.result is not None:
                 try:
                     self._complete(work)
@@ -604,6 +611,11 @@ class StepConsumer:
             work.result = failed_result(
                 work.command, lane.step, self.clock(), reason=f"result not encodable: {exc}", retryable=False
             )
+            encoded = encode(work.result)
+        limit = self.config.max_record_bytes - RESULT_MARGIN
+        if len(encoded) > limit:  # the broker would refuse it, and the ledger would replay it for ever
+            reason = f"result of {len(encoded)} bytes, over the {limit} bytes a result record may have"
+            work.result = failed_result(work.command, lane.step, self.clock(), reason=reason, retryable=False)
             encoded = encode(work.result)
         lane.ledger.complete(work.command.payload.command_id, encoded)
         key = work.command.correlation_id.encode()
@@ -638,7 +650,11 @@ class StepConsumer:
         while tries < self.retry.tries:
             tries += 1
             try:
-                return lane.handler.handle(command, self.clock()), tries
+                result = lane.handler.handle(command, self.clock())
+                if not isinstance(result, Event):  # a handler bug (a path without `return`): never a stall
+                    reason = f"the handler returned {type(result).__name__}, not a result event"
+                    return failed_result(command, lane.step, self.clock(), reason=reason, retryable=False), tries
+                return result, tries
             except TransientError as exc:
                 last = exc
                 log.info(
