@@ -598,7 +598,7 @@ class StepConsumer:
         """Record the result in the ledger, then publish it: from the worker, the moment the handler returns.
 
         (From the main thread it waited for the loop to come round, up to a whole poll timeout: ~50 ms
-        per step in an e-mail's path.) The delivery callback runs on the main thread, in its producer
+        per step hop of a process.) The delivery callback runs on the main thread, in its producer
         poll; a copy of the command received meanwhile either finds the ledger completed (and is
         answered from it) or joins `refs` before that callback can run.
         """
