@@ -71,7 +71,7 @@ from pm.journal import ProcessRecord, fold_entry, iter_journal
 from pm.replay import deployed_registry, verify_all
 from pm.review import ReviewClient
 from pm.store import PartitionStore, list_store_paths
-from pm.topics import apply_topics
+from pm.topics import apply_topics, step_set_name
 
 __all__ = [
     "Plan",
@@ -135,7 +135,7 @@ class Plan:
         """The supervised components a kill may hit: the PM and each step consumer (by its name)."""
         if not self.together:
             return KILLABLE
-        group = "+".join(sorted(self.together))
+        group = step_set_name(self.together)
         return ("pm", group, *(s for s in STEPS if s not in self.together))
 
     @classmethod
@@ -277,7 +277,7 @@ def component_name(argv: list[str]) -> str | None:
             if word.startswith("-"):
                 break
             steps.append(word)
-        return "+".join(sorted(steps)) if steps else None
+        return step_set_name(steps) if steps else None
     if rest[0] == "service":  # `run service [flags] NAME`: the name is the last word before its options
         names = [a for a in rest[1:] if not a.startswith("-")]
         flags_with_values = {"--bootstrap", "--prefix", "--state-dir", "--config", "--app"}

@@ -40,7 +40,7 @@ from pm.errors import PmError
 from pm.journal import JOURNAL_TOPIC
 from pm.operator import OPERATOR_TOPIC
 from pm.review import DECISIONS_TOPIC, REQUESTS_TOPIC
-from pm.topics import STEP_TOPIC_PREFIX, TopicLayout, load_layout
+from pm.topics import STEP_TOPIC_PREFIX, TopicLayout, load_layout, step_set_name
 
 __all__ = [
     "AclError",
@@ -173,14 +173,14 @@ def combined_steps(component: str, layout: TopicLayout) -> tuple[str, ...] | Non
     unknown = [p for p in parts if p not in known]
     if unknown or len(set(parts)) != len(parts):
         raise AclError(f"{component!r}: steps joined by '+', each once; topics.yaml has {', '.join(known)}")
-    return tuple(sorted(parts))
+    return tuple(sorted(parts))  # the order of `step_set_name`
 
 
 def _canonical(component: str, layout: TopicLayout) -> str | None:
     """`step:b+a` / `b+a` as `step:a+b` (the consumer's group order); None when not a combination."""
     name = component if component.startswith(STEP_COMPONENT_PREFIX) else STEP_COMPONENT_PREFIX + component
     steps = combined_steps(name, layout)
-    return None if steps is None else STEP_COMPONENT_PREFIX + "+".join(steps)
+    return None if steps is None else STEP_COMPONENT_PREFIX + step_set_name(steps)
 
 
 def describe_component(component: str) -> str:
@@ -306,7 +306,7 @@ def component_grants(config: Config, component: str, principal: str, layout: Top
         topics(Operation.READ, *(STEP_TOPIC_PREFIX + s for s in members))
         topics(Operation.WRITE, "step.results", DLQ_TOPIC)
         # Step consumers commit offsets themselves and produce without transactions (pm/steps/consumer.py).
-        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{'+'.join(members)}", Operation.READ)
+        add(ResourceType.GROUP, f"{prefix}{_STEP_GROUP}{step_set_name(members)}", Operation.READ)
         idempotent_producer()
     elif component == REVIEW:
         # Decisions are read too: a request is pending until an acceptable decision exists.

@@ -8,7 +8,7 @@ topics.yaml does not name gets the defaults (start topics: the co-partitioned co
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +34,19 @@ __all__ = [
     "default_layout_path",
     "STEP_TOPIC_PREFIX",
     "CORE_TOPICS",
+    "step_set_name",
 ]
 
 STEP_TOPIC_PREFIX = "cmd."
+
+
+def step_set_name(steps: Iterable[str]) -> str:
+    """The name of the steps one step consumer runs: `a`, or `a+b` (sorted) for several.
+
+    It names the consumer's group (`<prefix>step-<name>`), its ACL component (`step:<name>`) and its
+    process; one definition, so that a group and the grant for it always agree.
+    """
+    return "+".join(sorted(steps))
 # Topics of the core, whatever the app: created from topics.yaml for every app.
 CORE_TOPICS = (
     "pm.journal",

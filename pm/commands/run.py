@@ -107,6 +107,7 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
     from pm.app import load_app
     from pm.steps.consumer import RetryPolicy, run_step_consumer
     from pm.telemetry import setup_telemetry
+    from pm.topics import step_set_name
 
     app = load_app(config.app or None)
     steps = list(dict.fromkeys(args.step))  # a step named twice runs once
@@ -114,17 +115,17 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
     options: dict[str, float | int] = {
         k: getattr(args, k) for k in HANDLER_FLAGS if getattr(args, k) is not None
     }
-    refused = sorted(set(options) - {option for spec in specs for option in spec.options})
+    takes = sorted({option for spec in specs for option in spec.options})
+    refused = sorted(set(options) - set(takes))
     if refused:
         flags = ", ".join("--" + k.replace("_", "-") for k in refused)
-        takes = sorted({option for spec in specs for option in spec.options})
         raise PmError(f"{flags} do(es) not apply to step(s) {', '.join(steps)} (they take: {', '.join(takes) or 'none'})")
     if args.llm_latency_ms is not None and args.llm_latency_ms < 0:
         raise PmError("--llm-latency-ms must be 0 or more")
     if args.concurrency < 1 or args.retries < 1:
         raise PmError("--concurrency and --retries must be at least 1")
     _logging()
-    name = "+".join(sorted(steps))
+    name = step_set_name(steps)
     setup_telemetry(f"pm-step-{name}")
     topics = ", ".join(config.topic("cmd." + step) for step in steps)
     print(f"step consumer {name}: concurrency {args.concurrency} per step, topics {topics}", flush=True)
@@ -176,6 +177,7 @@ def _config_flags(args: argparse.Namespace, config: Config) -> list[str]:
 def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, list[str]]]:
     """(name, argv) of every child `pm run all` starts, in start order."""
     from pm.app import load_app
+    from pm.topics import step_set_name
 
     app = load_app(config.app or None)
     step_names = app.step_names
@@ -206,7 +208,7 @@ def child_specs(args: argparse.Namespace, config: Config) -> list[tuple[str, lis
             extra = ["--llm-latency-ms", str(latency)] if latency is not None and takes else []
             specs.append(
                 (
-                    "+".join(sorted(group)),
+                    step_set_name(group),
                     [*base, "consumer", *group, "--concurrency", str(args.concurrency), *extra, *flags],
                 )
             )

@@ -65,6 +65,7 @@ from pm.steps.ledger import Ledger, ledger_path
 if TYPE_CHECKING:
     from pm.app import App
 from pm.kafka import make_consumer, make_producer
+from pm.topics import step_set_name
 
 __all__ = [
     "RetryPolicy",
@@ -155,8 +156,6 @@ class _Lane:
     step: str
     topic: str  # physical cmd.<step>
     handler: StepHandler
-    concurrency: int
-    max_buffered: int  # commands polled but not started, beyond `concurrency`, before the topic pauses
     ledger: Ledger | None = None  # opened by `run`
     work: queue.Queue[_Work | None] = field(default_factory=queue.Queue)
     inflight: int = 0  # running and waiting
@@ -216,10 +215,9 @@ class StepConsumer:
         self._lanes: dict[str, _Lane] = {}  # physical cmd topic -> lane
         for step, step_handler in zip(steps, handlers, strict=True):
             topic = config.topic(f"cmd.{step}")
-            self._lanes[topic] = _Lane(step, topic, step_handler, concurrency, self.max_buffered)
+            self._lanes[topic] = _Lane(step, topic, step_handler)
         self.steps = tuple(steps)
-        self.step = "+".join(sorted(steps))  # the consumer's name: logs, client ID, group
-        self.handler = handlers[0]
+        self.step = step_set_name(steps)  # the consumer's name: logs, client ID, group
         self.topic = next(iter(self._lanes))  # the first step's topic (the only one, for one step)
         self.topics = tuple(self._lanes)
         self.retry = retry or RetryPolicy()
@@ -269,7 +267,7 @@ class StepConsumer:
             workers = [
                 threading.Thread(target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True)
                 for lane in lanes
-                for i in range(lane.concurrency)
+                for i in range(self.concurrency)
             ]
             for worker in workers:
                 worker.start()
@@ -312,7 +310,7 @@ class StepConsumer:
                     break
                 if work is not None:
                     self._abandon(work)
-            for _ in range(lane.concurrency):
+            for _ in range(self.concurrency):
                 lane.work.put(None)
         deadline = time.monotonic() + self.stop_grace
         while self._inflight and time.monotonic() < deadline:
@@ -442,11 +440,11 @@ class StepConsumer:
         """Pause a step's topic when `max_buffered` commands wait besides the running ones; resume at half."""
         if self._consumer is None or self._stopping.is_set():
             return
-        if not lane.paused and lane.inflight >= lane.concurrency + lane.max_buffered:
+        if not lane.paused and lane.inflight >= self.concurrency + self.max_buffered:
             self._consumer.pause(self._assigned(lane))
             lane.paused = True
             self.stats["pauses"] += 1
-        elif lane.paused and lane.inflight <= lane.concurrency + lane.max_buffered // 2:
+        elif lane.paused and lane.inflight <= self.concurrency + self.max_buffered // 2:
             self._resume(lane)
             lane.paused = False
 
