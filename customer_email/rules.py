@@ -585,22 +585,19 @@ class CustomerEmailProcess:
     def _on_classified(self, state: EmailState, event: EmailClassified, fx: Effects) -> EmailState:
         p = event.payload
         found = _order_id_or_none(p.order_id)  # model output: an "order ID" no order ID looks like is none
-        state = state.model_copy(
-            update={
-                "classification": Classification(
-                    intent=p.intent, risk=p.risk, order_id=found, confidence=p.confidence
-                ),
-                # The e-mail's structured order_id (set upstream) beats the model's extraction; a
-                # follow-up naming none is about the conversation's order.
-                "order_id": state.email.order_id or found or state.last_order_id,
-            }
-        )
+        update: dict[str, Any] = {
+            "classification": Classification(intent=p.intent, risk=p.risk, order_id=found, confidence=p.confidence),
+            # The e-mail's structured order_id (set upstream) beats the model's extraction; a
+            # follow-up naming none is about the conversation's order.
+            "order_id": state.email.order_id or found or state.last_order_id,
+        }
         if p.intent not in KNOWN_INTENTS:
+            state = state.model_copy(update=update)
             return _escalate(state, f"intent {shown(p.intent)} is not handled automatically", fx)
+        state = state.model_copy(update={**update, "stage": "fetching"})
         # Without an order ID, fetch-order looks up the sender's open orders (see `_on_orders`).
         state = self._issue(state, Step.FETCH_ORDER, fx)
-        state = self._issue(state, Step.FETCH_REFUND_POLICY, fx)
-        return state.model_copy(update={"stage": "fetching"})
+        return self._issue(state, Step.FETCH_REFUND_POLICY, fx)
 
     def _on_order(self, state: EmailState, event: OrderFetched, fx: Effects) -> EmailState:
         p = event.payload

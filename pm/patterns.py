@@ -169,22 +169,32 @@ def _without(mapping: dict[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in mapping.items() if k != key}
 
 
-def set_timer(state: B, name: str, attempt: int, due_at: datetime, fx: Effects) -> B:
-    """Schedule a durable timer and remember it as live (only live timers act when they fire)."""
+def _scheduled(state: B, name: str, attempt: int, due_at: datetime, fx: Effects) -> dict[str, str]:
+    """Schedule a durable timer; the live timers with it (the helpers below copy the state once)."""
     tid = timer_id(state.correlation_id, name, attempt)
     fx.schedule.append(TimerSpec(timer_id=tid, name=name, due_at=due_at))
-    return state.model_copy(update={"timers": {**state.timers, tid: name}})
+    return {**state.timers, tid: name}
 
 
-def cancel_timers(state: B, fx: Effects, *, names: tuple[str, ...] | None = None) -> B:
-    """Cancel live timers (those named, or all of them)."""
+def _cancelled(state: B, fx: Effects, names: tuple[str, ...] | None) -> dict[str, str]:
+    """Cancel live timers (those named, or all of them); the live timers left."""
     keep: dict[str, str] = {}
     for tid, name in state.timers.items():
         if names is None or name in names:
             fx.cancel.append(tid)
         else:
             keep[tid] = name
-    return state.model_copy(update={"timers": keep})
+    return keep
+
+
+def set_timer(state: B, name: str, attempt: int, due_at: datetime, fx: Effects) -> B:
+    """Schedule a durable timer and remember it as live (only live timers act when they fire)."""
+    return state.model_copy(update={"timers": _scheduled(state, name, attempt, due_at, fx)})
+
+
+def cancel_timers(state: B, fx: Effects, *, names: tuple[str, ...] | None = None) -> B:
+    """Cancel live timers (those named, or all of them)."""
+    return state.model_copy(update={"timers": _cancelled(state, fx, names)})
 
 
 def take_timer(state: B, fired_id: str, name: str) -> B | None:
@@ -231,9 +241,13 @@ def issue(state: B, step: str, command: CommandFactory, timeout: timedelta, fx: 
     attempt = state.attempts.get(step, 0) + 1
     cmd_id = command_id(state.correlation_id, step, attempt)
     fx.commands.append(command(cmd_id, attempt))
-    state = set_timer(state, timer_name(TIMEOUT, step), attempt, fx.now + timeout, fx)
+    timers = _scheduled(state, timer_name(TIMEOUT, step), attempt, fx.now + timeout, fx)
     return state.model_copy(
-        update={"attempts": {**state.attempts, step: attempt}, "pending": {**state.pending, step: cmd_id}}
+        update={
+            "timers": timers,
+            "attempts": {**state.attempts, step: attempt},
+            "pending": {**state.pending, step: cmd_id},
+        }
     )
 
 
@@ -245,8 +259,8 @@ def awaiting(state: StepBookkeeping, step: str, cmd_id: str) -> bool:
 def answered(state: B, step: str, fx: Effects) -> B:
     """The pending attempt of `step` answered: no longer pending, its timeout cancelled."""
     step = str(step)
-    state = state.model_copy(update={"pending": _without(state.pending, step)})
-    return cancel_timers(state, fx, names=(timer_name(TIMEOUT, step),))
+    timers = _cancelled(state, fx, (timer_name(TIMEOUT, step),))
+    return state.model_copy(update={"pending": _without(state.pending, step), "timers": timers})
 
 
 def timed_out(state: B, step: str) -> B:
@@ -283,8 +297,8 @@ def finish(state: B, status: str, reason: str | None, fx: Effects, **update: Any
 
     `status` is a terminal `Status`, or an outcome the process names (a `Status` is a str).
     """
-    state = cancel_timers(state, fx)
-    return state.model_copy(update={"status": status, "reason": reason, "pending": {}, **update})
+    timers = _cancelled(state, fx, None)
+    return state.model_copy(update={"timers": timers, "status": status, "reason": reason, "pending": {}, **update})
 
 
 def escalate(state: B, reason: str, fx: Effects, **update: Any) -> B:
