@@ -235,13 +235,21 @@ class FlakyDelivery(StepConsumer):
     def __init__(self, *args: Any, failures: dict[str, int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.failures = dict(failures)
+        self.reported_on_owner: list[bool] = []  # per injected failure: reported on the polling thread
 
     def _produce(self, topic: str, key: bytes, value: bytes, headers: Any, callback: Any) -> None:
         if topic == self.results_topic:
             order_id = decode(value).payload.order_id
             if self.failures.get(order_id, 0) > 0:
                 self.failures[order_id] -= 1
-                callback(KafkaError(KafkaError._MSG_TIMED_OUT, "injected delivery failure"), None)
+
+                def refused(_err: KafkaError | None, msg: Any) -> None:
+                    self.reported_on_owner.append(threading.current_thread() is self._owner)
+                    callback(KafkaError(KafkaError._MSG_TIMED_OUT, "injected delivery failure"), msg)
+
+                # Really produced, to the DLQ (nobody reads it here), so that the report comes back the way
+                # a real one does: from the main thread's poll, whichever thread produced.
+                super()._produce(self.dlq_topic, key, value, headers, refused)
                 return
         super()._produce(topic, key, value, headers, callback)
 
@@ -271,6 +279,7 @@ def test_failed_delivery_is_retried_and_never_committed(topics: Config) -> None:
     produce(topics, doomed)
     thread.join(30)
     assert not thread.is_alive() and errors, "the consumer did not give up on the undeliverable result"
+    assert first.reported_on_owner and all(first.reported_on_owner), first.reported_on_owner
     assert answers.wait([doomed], timeout=1) == set()
     (where,) = _offsets(topics, [doomed]).values()
     assert _committed(topics, first)[where[0]] <= where[1]  # not past the undelivered result
