@@ -280,6 +280,8 @@ def test_failed_delivery_is_retried_and_never_committed(topics: Config) -> None:
     thread.join(30)
     assert not thread.is_alive() and errors, "the consumer did not give up on the undeliverable result"
     assert first.reported_on_owner and all(first.reported_on_owner), first.reported_on_owner
+    # No worker outlives the consumer that gave up (none would start a queued command with its ledger closed).
+    _wait(lambda: not any(w.is_alive() for w in first._workers), 5, "the failed consumer's workers to end")
     assert answers.wait([doomed], timeout=1) == set()
     (where,) = _offsets(topics, [doomed]).values()
     assert _committed(topics, first)[where[0]] <= where[1]  # not past the undelivered result

@@ -236,6 +236,7 @@ class StepConsumer:
         self._tracker = OffsetTracker()
         self._last_commit = 0.0  # monotonic time of the last asynchronous commit
         self._fatal: BaseException | None = None
+        self._workers: list[threading.Thread] = []  # started by `run`; each ends on a None from its lane
         self._owner: threading.Thread | None = None  # the thread in `run`: polls, serves callbacks
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -264,12 +265,12 @@ class StepConsumer:
             role = f"step-{self.step}"
             self._producer = make_producer(self.config, role)
             self._consumer = make_consumer(self.config, role, self.group_id)
-            workers = [
+            self._workers = [
                 threading.Thread(target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True)
                 for lane in lanes
                 for i in range(self.concurrency)
             ]
-            for worker in workers:
+            for worker in self._workers:
                 worker.start()
             self._consumer.subscribe(
                 list(self.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
@@ -293,17 +294,20 @@ class StepConsumer:
                 self._receive(msg)
             self._shutdown()
         finally:
+            # After a failure too: commands queued but not started stay uncommitted (redone after a
+            # restart), and no worker outlives the consumer to start one with its ledger closed.
+            self._stopping.set()
+            self._release_workers()
             if self._consumer is not None:
                 self._consumer.close()
             for lane in lanes:
                 if lane.ledger is not None:
                     lane.ledger.close()
 
-    def _shutdown(self) -> None:
-        """Stop polling; let running handlers finish within the grace period; abandon the rest; commit."""
-        self._stopping.set()
+    def _release_workers(self) -> None:
+        """Abandon the commands queued but not started (uncommitted, so redelivered later); workers end."""
         for lane in self._lanes.values():
-            while True:  # queued, not started: abandon now (uncommitted, so redelivered later)
+            while True:
                 try:
                     work = lane.work.get_nowait()
                 except queue.Empty:
@@ -311,7 +315,12 @@ class StepConsumer:
                 if work is not None:
                     self._abandon(work)
             for _ in range(self.concurrency):
-                lane.work.put(None)
+                lane.work.put(None)  # one per worker: each ends when it takes one
+
+    def _shutdown(self) -> None:
+        """Stop polling; let running handlers finish within the grace period; abandon the rest; commit."""
+        self._stopping.set()
+        self._release_workers()
         deadline = time.monotonic() + self.stop_grace
         while self._inflight and time.monotonic() < deadline:
             self._service(wait=0.05)
