@@ -300,6 +300,9 @@ class StepConsumer:
             self._release_workers()
             if self._consumer is not None:
                 self._consumer.close()
+            # Released (flushed already after a clean stop): after a failure it kept reconnecting for
+            # as long as this object lived. A worker still running publishes nothing (uncommitted).
+            self._producer = None
             for lane in lanes:
                 if lane.ledger is not None:
                     lane.ledger.close()
