@@ -274,6 +274,28 @@ def test_a_result_goes_out_when_its_handler_returns_not_at_the_next_poll(topics:
     assert waited < 3.0, f"the result took {waited:.1f} s after its handler returned: it waited for the poll"
 
 
+def test_results_of_a_busy_consumer_are_batched_and_a_lone_one_goes_at_once(topics: Config) -> None:
+    # The broker's cost follows produce requests: results produced while other commands are in flight
+    # go through the batching producer (linger BULK_LINGER_MS); a result produced alone does not wait.
+    def slow(command: Event, call: int) -> None:
+        time.sleep(0.2)
+
+    reader = Reader(topics)
+    consumer = StepConsumer(topics, Scripted(slow), concurrency=4)
+    with running(consumer):
+        produce(topics, *(fetch_order(f"burst-{i}") for i in range(8)))
+        assert len(reader.take(8, timeout=30)) == 8
+        deadline = time.monotonic() + 10
+        while consumer.stats["handled"] < 8 and time.monotonic() < deadline:  # released by the main thread
+            time.sleep(0.02)
+        batched = consumer.stats["batched"]
+        assert batched >= 4, consumer.stats  # at least the first four ran beside others
+        produce(topics, fetch_order("alone"))
+        (result,) = reader.take(1, timeout=30)
+    assert isinstance(result, OrderFetched)
+    assert consumer.stats["batched"] == batched, consumer.stats  # alone: the express producer
+
+
 def test_a_result_too_large_for_a_record_becomes_a_failed_result(topics: Config) -> None:
     # A huge result (e.g. a model's endless draft) would be refused by the broker, and replayed from the
     # ledger at every restart: it is answered as a permanent failure instead, and the partition flows.

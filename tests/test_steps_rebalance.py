@@ -237,7 +237,7 @@ class FlakyDelivery(StepConsumer):
         self.failures = dict(failures)
         self.reported_on_owner: list[bool] = []  # per injected failure: reported on the polling thread
 
-    def _produce(self, topic: str, key: bytes, value: bytes, headers: Any, callback: Any) -> None:
+    def _produce(self, topic: str, key: bytes, value: bytes, headers: Any, callback: Any, **how: Any) -> None:
         if topic == self.results_topic:
             order_id = decode(value).payload.order_id
             if self.failures.get(order_id, 0) > 0:
@@ -249,9 +249,9 @@ class FlakyDelivery(StepConsumer):
 
                 # Really produced, to the DLQ (nobody reads it here), so that the report comes back the way
                 # a real one does: from the main thread's poll, whichever thread produced.
-                super()._produce(self.dlq_topic, key, value, headers, refused)
+                super()._produce(self.dlq_topic, key, value, headers, refused, **how)
                 return
-        super()._produce(topic, key, value, headers, callback)
+        super()._produce(topic, key, value, headers, callback, **how)
 
 
 def test_failed_delivery_is_retried_and_never_committed(topics: Config) -> None:

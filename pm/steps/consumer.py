@@ -81,6 +81,10 @@ Headers = telemetry.Headers
 TP = tuple[str, int]
 COMMIT_INTERVAL = 0.1  # seconds between asynchronous offset commits
 RESULT_MARGIN = 4096  # bytes of a record beside its value (key, trace headers, framing)
+# A result produced while other commands are in flight waits up to this long for company in one
+# produce request (the broker's cost follows requests: a quarter less broker CPU per process under
+# load in bench e2e); one produced alone goes at once (each step hop of an unloaded process).
+BULK_LINGER_MS = 50
 
 
 @dataclass(frozen=True)
@@ -239,8 +243,9 @@ class StepConsumer:
         self._workers: list[threading.Thread] = []  # started by `run`; each ends on a None from its lane
         self._owner: threading.Thread | None = None  # the thread in `run`: polls, serves callbacks
         self._consumer: Consumer | None = None
-        self._producer: Producer | None = None
-        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0}
+        self._producer: Producer | None = None  # a result produced alone: sent at once
+        self._bulk: Producer | None = None  # results produced while others are in flight: batched
+        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0, "batched": 0}
 
     @property
     def _paused(self) -> bool:
@@ -264,6 +269,7 @@ class StepConsumer:
                     lane.handler.use_ledger(lane.ledger)
             role = f"step-{self.step}"
             self._producer = make_producer(self.config, role)
+            self._bulk = make_producer(self.config, f"{role}-bulk", **{"linger.ms": BULK_LINGER_MS})
             self._consumer = make_consumer(self.config, role, self.group_id)
             self._workers = [
                 threading.Thread(target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True)
@@ -302,7 +308,7 @@ class StepConsumer:
                 self._consumer.close()
             # Released (flushed already after a clean stop): after a failure it kept reconnecting for
             # as long as this object lived. A worker still running publishes nothing (uncommitted).
-            self._producer = None
+            self._producer = self._bulk = None
             for lane in lanes:
                 if lane.ledger is not None:
                     lane.ledger.close()
@@ -329,8 +335,8 @@ class StepConsumer:
             self._service(wait=0.05)
         for work in list(self._inflight.values()):
             self._abandon(work)
-        assert self._producer is not None
-        remaining = self._producer.flush(self.stop_grace)
+        assert self._producer is not None and self._bulk is not None
+        remaining = self._bulk.flush(self.stop_grace) + self._producer.flush(self.stop_grace)
         if remaining:
             log.warning(
                 "step %s: %d results not acknowledged at stop; they are redone on restart",
@@ -437,6 +443,8 @@ class StepConsumer:
             except queue.Empty:
                 work = None
         self._producer.poll(0)
+        assert self._bulk is not None
+        self._bulk.poll(0)
         if self._fatal is not None:
             raise self._fatal
         # At most one asynchronous commit per COMMIT_INTERVAL: one per loop was a commit request per
@@ -483,8 +491,12 @@ class StepConsumer:
     def _publish(
         self, topic: str, key: bytes, value: bytes, headers: Headers, refs: list[tuple[TP, int]]
     ) -> None:
-        """Produce; when the broker acknowledges, the records in `refs` are done (committable)."""
+        """Produce; when the broker acknowledges, the records in `refs` are done (committable).
+
+        Batched (`BULK_LINGER_MS`) when other commands are in flight, whose results follow soon.
+        """
         assert self._producer is not None
+        bulk = len(self._inflight) > 1  # this command is counted until the main thread releases it
         attempts = [0]
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -497,19 +509,24 @@ class StepConsumer:
                 self._fatal = KafkaException(err)
                 return
             log.warning("step %s: delivery to %s failed (%s); producing again", self.step, topic, err)
-            self._produce(topic, key, value, headers, delivered)
+            self._produce(topic, key, value, headers, delivered, bulk=bulk)
 
-        self._produce(topic, key, value, headers, delivered)
+        self._produce(topic, key, value, headers, delivered, bulk=bulk)
 
-    def _produce(self, topic: str, key: bytes, value: bytes, headers: Headers, callback: Any) -> None:
-        assert self._producer is not None
+    def _produce(
+        self, topic: str, key: bytes, value: bytes, headers: Headers, callback: Any, *, bulk: bool = False
+    ) -> None:
+        producer = self._bulk if bulk else self._producer
+        assert producer is not None
+        if bulk:
+            self.stats["batched"] += 1
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
                 return
             except BufferError:  # local queue full: try again, never drop
                 if threading.current_thread() is self._owner:
-                    self._producer.poll(0.1)  # serves the callbacks that free the queue
+                    producer.poll(0.1)  # serves the callbacks that free the queue
                 else:  # a worker: delivery callbacks belong to the main thread (offset bookkeeping)
                     time.sleep(0.05)
 
