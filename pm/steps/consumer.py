@@ -300,10 +300,11 @@ class StepConsumer:
                 self._receive(msg)
             self._shutdown()
         finally:
-            # After a failure too: commands queued but not started stay uncommitted (redone after a
-            # restart), and no worker outlives the consumer to start one with its ledger closed.
-            self._stopping.set()
-            self._release_workers()
+            if not self._stopping.is_set():  # a failure, not `_shutdown`: queued commands stay
+                # uncommitted (redone after a restart); no worker outlives the consumer to start one
+                # with its ledger closed.
+                self._stopping.set()
+                self._release_workers()
             if self._consumer is not None:
                 self._consumer.close()
             # Released (flushed already after a clean stop): after a failure it kept reconnecting for
@@ -312,6 +313,11 @@ class StepConsumer:
             for lane in lanes:
                 if lane.ledger is not None:
                     lane.ledger.close()
+
+    def _producers(self) -> tuple[Producer, Producer]:
+        """The express producer and the batching one (both made by `run`)."""
+        assert self._producer is not None and self._bulk is not None
+        return self._producer, self._bulk
 
     def _release_workers(self) -> None:
         """Abandon the commands queued but not started (uncommitted, so redelivered later); workers end."""
@@ -335,8 +341,7 @@ class StepConsumer:
             self._service(wait=0.05)
         for work in list(self._inflight.values()):
             self._abandon(work)
-        assert self._producer is not None and self._bulk is not None
-        remaining = self._bulk.flush(self.stop_grace) + self._producer.flush(self.stop_grace)
+        remaining = sum(producer.flush(self.stop_grace) for producer in self._producers())
         if remaining:
             log.warning(
                 "step %s: %d results not acknowledged at stop; they are redone on restart",
@@ -422,7 +427,6 @@ class StepConsumer:
         """Count finished commands, serve delivery callbacks, commit what is contiguous, pause/resume."""
         if self._fatal is not None:
             raise self._fatal
-        assert self._producer is not None
         try:
             work: _Work | None = self._finished.get(timeout=wait) if wait else self._finished.get_nowait()
         except queue.Empty:
@@ -442,9 +446,8 @@ class StepConsumer:
                 work = self._finished.get_nowait()
             except queue.Empty:
                 work = None
-        self._producer.poll(0)
-        assert self._bulk is not None
-        self._bulk.poll(0)
+        for producer in self._producers():
+            producer.poll(0)
         if self._fatal is not None:
             raise self._fatal
         # At most one asynchronous commit per COMMIT_INTERVAL: one per loop was a commit request per
@@ -495,8 +498,9 @@ class StepConsumer:
 
         Batched (`BULK_LINGER_MS`) when other commands are in flight, whose results follow soon.
         """
-        assert self._producer is not None
         bulk = len(self._inflight) > 1  # this command is counted until the main thread releases it
+        if bulk:
+            self.stats["batched"] += 1
         attempts = [0]
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -518,8 +522,6 @@ class StepConsumer:
     ) -> None:
         producer = self._bulk if bulk else self._producer
         assert producer is not None
-        if bulk:
-            self.stats["batched"] += 1
         while True:
             try:
                 producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
