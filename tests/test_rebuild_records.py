@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_runtime_support import publish
 
 from bench.scenario import JournalWriter, Scenario
 from customer_email import CUSTOMER_EMAIL
@@ -137,3 +141,51 @@ def test_any_mix_of_entries_with_and_without_records_rebuilds_what_re_deciding_d
     )
     assert pending and [(t.due_ms, t.timer_id, t.correlation_id) for t in rebuilt["timers"]] == pending
     assert rebuilt["active"] == sum(r["status"] == "running" for r in rebuilt["records"].values())
+
+
+# A PM that rebuilds its stores, then handles inputs until it has journaled one, and waits to be killed.
+REBUILD_THEN_HANDLE = """
+import io, sys, time
+from dataclasses import replace
+from pathlib import Path
+from pm.config import load_config
+from pm.runtime import ProcessManager
+config = replace(load_config(), state_dir=Path(sys.argv[1]), partitions="all")
+manager = ProcessManager(config, max_active=10**9, log=io.StringIO(), verifier=lambda e: None, catch_up_timeout=60.0)
+manager.start()
+while manager.assignments == 0:
+    manager.run_once(0.1)
+print("rebuilt", flush=True)
+while manager.stats.handled == 0:
+    manager.run_once(0.1)
+print("handled", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_kill_after_a_rebuild_and_a_first_input_keeps_every_rebuilt_record(
+    topics: Config, tmp_path: Path
+) -> None:
+    """A catch-up writes its windows outside RocksDB's write-ahead log, then flushes the store: the
+    first logged write (a live batch and its anchor) must never survive a crash the rebuilt records
+    before it did not (the store would claim an anchor past records it lost)."""
+    config = _prefixed(topics)
+    JournalWriter(config, Scenario(config, "r")).write(30, "status")  # ended processes: no timer to fire
+    expected = _rebuilt(config, tmp_path / "clean")["records"]
+    assert len(expected) == 30
+    state = tmp_path / "state"
+    env = {**os.environ, "PM_BOOTSTRAP": config.bootstrap, "PM_TOPIC_PREFIX": config.topic_prefix}
+    pm = subprocess.Popen(
+        [sys.executable, "-c", REBUILD_THEN_HANDLE, str(state)], stdout=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert pm.stdout is not None and pm.stdout.readline() == "rebuilt\n"
+        new = Scenario(config, "new").email(1)
+        publish(config, [new])
+        assert pm.stdout.readline() == "handled\n"
+    finally:
+        pm.kill()
+        pm.wait(30)
+    after = _rebuilt(config, state)["records"]
+    assert set(after) == {*expected, new.correlation_id}
+    assert {cid: record for cid, record in after.items() if cid != new.correlation_id} == expected

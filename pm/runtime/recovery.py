@@ -10,12 +10,11 @@ instance owning the partition meanwhile) are folded in. Their outputs are kept f
 from __future__ import annotations
 
 import time
-from collections import deque
 from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from pm.codec import decode, read_fields
+from pm.codec import decode, read_fields, read_paths
 from pm.config import Config
 from pm.events import JournalEntry
 from pm.heap import trim_heap
@@ -27,7 +26,7 @@ from pm.journal import (
     RawJournalRecord,
     decode_entry,
     fold_entry,
-    iter_journal_raw,
+    iter_journal_batches,
     stored_bytes,
     stored_form,
 )
@@ -51,9 +50,23 @@ FOLD_WINDOW_BYTES = 64 << 20  # and at most this much journal held at once (entr
 def _entry_fields(record: RawJournalRecord) -> dict[str, Any]:
     """A journal entry's plain fields: no validation (a carried record is checked by `stored_form`)."""
     type_name, fields = read_fields(record.value)
+    _check_type(record, type_name)
+    return fields
+
+
+# What a fold needs of a process's last entry in a window: read without decoding the rest (`read_paths`).
+_LAST_ENTRY_PATHS = ("event_id", "correlation_id", "payload.status", "payload.record")
+
+
+def _last_entry_fields(record: RawJournalRecord) -> dict[str, Any]:
+    type_name, fields = read_paths(record.value, _LAST_ENTRY_PATHS)
+    _check_type(record, type_name)
+    return fields
+
+
+def _check_type(record: RawJournalRecord, type_name: str) -> None:
     if type_name != JournalEntry.TYPE:
         raise JournalError(f"journal record {record.partition}@{record.offset} holds a {type_name}")
-    return fields
 
 
 class WindowFold:
@@ -87,8 +100,9 @@ class WindowFold:
     def write(self) -> StoreWrite:
         write = StoreWrite()
         last_event_id = ""
-        for correlation_id, indices in self.positions.items():
-            last = _entry_fields(self.window[indices[-1]])
+        olds = self.store.get_records(list(self.positions))
+        for (correlation_id, indices), old in zip(self.positions.items(), olds, strict=True):
+            last = _last_entry_fields(self.window[indices[-1]])
             if last["correlation_id"] != correlation_id:
                 record = self.window[indices[-1]]
                 raise JournalError(
@@ -97,12 +111,11 @@ class WindowFold:
                 )
             if indices[-1] == len(self.window) - 1:
                 last_event_id = str(last["event_id"])
-            old = self.store.get_record(correlation_id)
             encoded: dict[str, Any] | bytes
-            carried = last["payload"].get("record")
+            carried = last["payload.record"]
             offset = self.window[indices[-1]].offset
             new: dict[str, Any] | None
-            if carried is not None and last["payload"]["status"] not in ACTIVE and carried[:1] == b"{":
+            if carried is not None and last["payload.status"] not in ACTIVE and carried[:1] == b"{":
                 # Ended (most of a journal): no timers and not active (`advance` clears them), so the
                 # record is stored as carried, unparsed; it is parsed when the process is next read.
                 new, encoded, new_timers = None, stored_bytes(carried, offset), {}
@@ -151,6 +164,36 @@ class WindowFold:
             if after is not None:
                 record, changed = after, True
         return record if changed else None
+
+
+def _past_anchor(
+    batch: list[RawJournalRecord], anchor: tuple[int, str]
+) -> tuple[list[RawJournalRecord], bool]:
+    """The records of `batch` after the anchor (the last one the store folded), and whether it was seen.
+
+    The anchor must still be there, unchanged (`_AnchorMismatch` if another entry holds its offset).
+    """
+    for index, record in enumerate(batch):
+        if record.offset < anchor[0]:
+            continue  # before the anchor: already reflected in the store
+        found = decode_entry(record).event_id
+        if (record.offset, found) != anchor:
+            raise _AnchorMismatch(
+                f"journal offset {record.offset} holds {found}, the store expected {anchor[1]} at offset {anchor[0]}"
+            )
+        return batch[index + 1 :], True
+    return [], False
+
+
+def _tail(records: list[RawJournalRecord]) -> list[RawJournalRecord]:
+    """The last UNCONFIRMED_TAIL records, fewer if they hold more than FOLD_WINDOW_BYTES (at least one)."""
+    tail = records[-UNCONFIRMED_TAIL:]
+    size = sum(len(record.value) for record in tail)
+    start = 0
+    while size > FOLD_WINDOW_BYTES and start < len(tail) - 1:
+        size -= len(tail[start].value)
+        start += 1
+    return tail[start:]
 
 
 class CatchUpError(StoreError):
@@ -260,42 +303,31 @@ class PartitionRecovery:
         from_scratch = anchor is None
         started = time.monotonic()
         window: list[RawJournalRecord] = []
-        # The journal's tail, decoded at the end for its outputs (`UnconfirmedOutputs`).
-        tail: deque[RawJournalRecord] = deque()
-        tail_bytes = window_bytes = 0
-        folded = 0
+        # The window folded before `window`: with it, the journal's tail is at hand at the end (decoded
+        # then for its outputs, `UnconfirmedOutputs`). A window holds FOLD_WINDOW records or
+        # FOLD_WINDOW_BYTES, more than the tail's bounds, so the two always cover the tail.
+        previous: list[RawJournalRecord] = []
+        window_bytes = folded = 0
         anchored = anchor is None
         try:
-            records = iter_journal_raw(
+            batches = iter_journal_batches(
                 self.config,
                 [partition],
                 {partition: start},
                 idle_timeout=self.anchor_timeout if anchor is not None else self.catch_up_timeout,
                 reset="error" if anchor is not None else "earliest",
             )
-            for record in records:
+            for batch in batches:
                 if not anchored:
-                    if anchor is not None and record.offset < anchor[0]:
-                        continue  # before the anchor: already reflected in the store
-                    # The record the store last folded must still be there, unchanged.
-                    found = decode_entry(record).event_id
-                    if anchor is not None and (record.offset, found) != anchor:
-                        raise _AnchorMismatch(
-                            f"journal offset {record.offset} holds {found}, the store expected "
-                            f"{anchor[1]} at offset {anchor[0]}"
-                        )
-                    anchored = True
-                    continue
-                window.append(record)
-                tail.append(record)
-                window_bytes += len(record.value)
-                tail_bytes += len(record.value)
-                while len(tail) > UNCONFIRMED_TAIL or (tail_bytes > FOLD_WINDOW_BYTES and len(tail) > 1):
-                    tail_bytes -= len(tail.popleft().value)
-                if len(window) == FOLD_WINDOW or window_bytes > FOLD_WINDOW_BYTES:
-                    store.write(WindowFold(self.registry, store, window).write())
+                    assert anchor is not None
+                    batch, anchored = _past_anchor(batch, anchor)
+                window += batch
+                window_bytes += sum([len(record.value) for record in batch])
+                if len(window) >= FOLD_WINDOW or window_bytes > FOLD_WINDOW_BYTES:
+                    # Unlogged (RocksDB's WAL): the store is flushed before the PM's first logged write.
+                    store.write(WindowFold(self.registry, store, window).write(), logged=False)
                     folded += len(window)
-                    window, window_bytes = [], 0
+                    previous, window, window_bytes = window, [], 0
                     if from_scratch:
                         print(
                             f"pm: rebuilding partition {partition}: {folded} journal entries folded",
@@ -320,10 +352,12 @@ class PartitionRecovery:
             )
         try:
             # The tail first: once the last window is written, a restart would not read it again.
-            outputs = [_entry_fields(record)["payload"] for record in tail]
+            outputs = [_entry_fields(record)["payload"] for record in _tail(previous + window)]
             if window:
-                store.write(WindowFold(self.registry, store, window).write())
+                store.write(WindowFold(self.registry, store, window).write(), logged=False)
                 folded += len(window)
+            if folded:
+                store.flush()
             for payload in outputs:
                 self.unconfirmed.remember(payload)
         except JournalError as exc:
