@@ -301,14 +301,17 @@ def read_fields(data: bytes | bytearray | memoryview) -> tuple[str, dict[str, An
     return writer.type_name, record
 
 
-def read_paths(data: bytes, paths: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
+def read_paths(
+    data: bytes, paths: tuple[str, ...], known: SchemaRegistry | None = None
+) -> tuple[str, dict[str, Any]]:
     """The event type and a few fields ({"payload.status": ...}, dotted paths) of a trusted record.
 
     What `read_fields` gives for those paths, without building the rest: a record written with its
     type's latest schema is walked by a `pm.avro_scan.Scanner` (strings, bytes, ints, None); any
-    other is read whole (resolved or upcast as usual) and the paths picked from it.
+    other is read whole (resolved or upcast as usual) and the paths picked from it. `known`: the
+    `registry()` to use, for a caller that reads many records (it looks the environment up).
     """
-    known = registry()
+    known = known or registry()
     try:
         type_name, scanner = known.scanners[(data[:HEADER_SIZE], paths)]
     except KeyError:

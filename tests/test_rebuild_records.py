@@ -149,7 +149,8 @@ import io, sys, time
 from dataclasses import replace
 from pathlib import Path
 from pm.config import load_config
-from pm.runtime import ProcessManager
+from pm.runtime import ProcessManager, recovery
+recovery.FOLD_WINDOW = 20  # several windows, written outside the WAL
 config = replace(load_config(), state_dir=Path(sys.argv[1]), partitions="all")
 manager = ProcessManager(config, max_active=10**9, log=io.StringIO(), verifier=lambda e: None, catch_up_timeout=60.0)
 manager.start()

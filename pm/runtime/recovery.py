@@ -14,7 +14,8 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from pm.codec import decode, read_fields, read_paths
+from pm.codec import SchemaRegistry, decode, read_fields, read_paths
+from pm.codec import registry as codec_registry
 from pm.config import Config
 from pm.events import JournalEntry
 from pm.heap import trim_heap
@@ -58,8 +59,8 @@ def _entry_fields(record: RawJournalRecord) -> dict[str, Any]:
 _LAST_ENTRY_PATHS = ("event_id", "correlation_id", "payload.status", "payload.record")
 
 
-def _last_entry_fields(record: RawJournalRecord) -> dict[str, Any]:
-    type_name, fields = read_paths(record.value, _LAST_ENTRY_PATHS)
+def _last_entry_fields(record: RawJournalRecord, schemas: SchemaRegistry) -> dict[str, Any]:
+    type_name, fields = read_paths(record.value, _LAST_ENTRY_PATHS, schemas)
     _check_type(record, type_name)
     return fields
 
@@ -101,8 +102,9 @@ class WindowFold:
         write = StoreWrite()
         last_event_id = ""
         olds = self.store.get_records(list(self.positions))
+        schemas = codec_registry()
         for (correlation_id, indices), old in zip(self.positions.items(), olds, strict=True):
-            last = _last_entry_fields(self.window[indices[-1]])
+            last = _last_entry_fields(self.window[indices[-1]], schemas)
             if last["correlation_id"] != correlation_id:
                 record = self.window[indices[-1]]
                 raise JournalError(
@@ -308,6 +310,7 @@ class PartitionRecovery:
         # FOLD_WINDOW_BYTES, more than the tail's bounds, so the two always cover the tail.
         previous: list[RawJournalRecord] = []
         window_bytes = folded = 0
+        unlogged = False  # a window was written outside the WAL: the store is flushed at the end
         anchored = anchor is None
         try:
             batches = iter_journal_batches(
@@ -327,6 +330,7 @@ class PartitionRecovery:
                     # Unlogged (RocksDB's WAL): the store is flushed before the PM's first logged write.
                     store.write(WindowFold(self.registry, store, window).write(), logged=False)
                     folded += len(window)
+                    unlogged = True
                     previous, window, window_bytes = window, [], 0
                     if from_scratch:
                         print(
@@ -354,9 +358,10 @@ class PartitionRecovery:
             # The tail first: once the last window is written, a restart would not read it again.
             outputs = [_entry_fields(record)["payload"] for record in _tail(previous + window)]
             if window:
-                store.write(WindowFold(self.registry, store, window).write(), logged=False)
+                # A short catch-up (a restart after a crash) is one logged write: no flush on the way up.
+                store.write(WindowFold(self.registry, store, window).write(), logged=not unlogged)
                 folded += len(window)
-            if folded:
+            if unlogged:
                 store.flush()
             for payload in outputs:
                 self.unconfirmed.remember(payload)
