@@ -246,6 +246,7 @@ class StepConsumer:
         self._producer: Producer | None = None  # a result produced alone: sent at once
         self._bulk: Producer | None = None  # results produced while others are in flight: batched
         self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0, "batched": 0}
+        self._stats_lock = threading.Lock()  # workers count too (`_publish`): `+=` on a dict item is not atomic
 
     @property
     def _paused(self) -> bool:
@@ -362,7 +363,7 @@ class StepConsumer:
 
     def _abandon(self, work: _Work) -> None:
         self._release(work)
-        self.stats["abandoned"] += 1
+        self._count("abandoned")
 
     # ------------------------------------------------------------ main thread
 
@@ -407,7 +408,7 @@ class StepConsumer:
                 attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
             ):
                 result_headers = telemetry.inject([])
-            self.stats["republished"] += 1
+            self._count("republished")
             self._publish(
                 self.results_topic,
                 command.correlation_id.encode(),
@@ -434,9 +435,9 @@ class StepConsumer:
         while work is not None:  # published by its worker already (`_complete`): bookkeeping only
             self._release(work)
             if work.result is None:
-                self.stats["abandoned"] += 1
+                self._count("abandoned")
             else:
-                self.stats["handled"] += 1
+                self._count("handled")
                 # Issued (the command's occurred_at, from the PM) to answered, queueing in cmd.<step> included.
                 telemetry.command_round_trip().record(
                     max(0.0, (work.result.occurred_at - work.command.occurred_at).total_seconds()),
@@ -466,7 +467,7 @@ class StepConsumer:
         if not lane.paused and lane.inflight >= self.concurrency + self.max_buffered:
             self._consumer.pause(self._assigned(lane))
             lane.paused = True
-            self.stats["pauses"] += 1
+            self._count("pauses")
         elif lane.paused and lane.inflight <= self.concurrency + self.max_buffered // 2:
             self._resume(lane)
             lane.paused = False
@@ -491,6 +492,10 @@ class StepConsumer:
         except KafkaException as exc:  # e.g. a rebalance meanwhile: fetching still resumes, only later
             log.debug("step %s: seek after resume failed: %s", lane.step, exc)
 
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self.stats[name] += 1
+
     def _publish(
         self, topic: str, key: bytes, value: bytes, headers: Headers, refs: list[tuple[TP, int]]
     ) -> None:
@@ -500,7 +505,7 @@ class StepConsumer:
         """
         bulk = len(self._inflight) > 1  # this command is counted until the main thread releases it
         if bulk:
-            self.stats["batched"] += 1
+            self._count("batched")
         attempts = [0]
 
         def delivered(err: KafkaError | None, _msg: Message) -> None:
@@ -547,7 +552,7 @@ class StepConsumer:
             now=self.clock(),
         )
         log.warning("step %s: %s/%d/%d to the DLQ: %s", step, topic, partition, offset, reason)
-        self.stats["dead_lettered"] += 1
+        self._count("dead_lettered")
         telemetry.dlq_records().add(
             1, {"messaging.destination.name": record.payload.source_topic, "error.type": error_type}
         )
