@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic_core import from_json, to_json
-from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, BlockBasedOptions, Options, Rdict, WriteBatch
 
 from pm.config import Config
 from pm.errors import PmError
@@ -149,10 +149,6 @@ class StoreWrite:
 WRITE_BUFFER_BYTES = 16 << 20  # per memtable
 
 
-_UNLOGGED = WriteOptions()
-_UNLOGGED.disable_wal = True  # type: ignore[method-assign,assignment]  # a property; the stubs say method
-
-
 class PartitionStore:
     """One journal partition's RocksDB. Opening takes the RocksDB lock; `close` releases it."""
 
@@ -267,14 +263,8 @@ class PartitionStore:
     def set_identity(self, identity: dict[str, Any]) -> None:
         self.db.put(_IDENTITY, json.dumps(identity, sort_keys=True).encode())
 
-    def write(self, change: StoreWrite, *, logged: bool = True) -> None:
-        """Apply one batch's changes atomically (one WriteBatch).
-
-        `logged=False` skips RocksDB's write-ahead log (a catch-up's bulk writes): a crash before the
-        next `flush` loses those batches, the latest first and with their anchor, so the store reopens
-        at an earlier consistent point and folds the rest again. The caller must `flush` before any
-        logged write: a logged batch kept after an unlogged one was lost would leave a gap.
-        """
+    def write(self, change: StoreWrite) -> None:
+        """Apply one batch's changes atomically (one WriteBatch)."""
         if change.empty and not change.active_delta:
             return
         batch = WriteBatch(raw_mode=True)
@@ -294,7 +284,7 @@ class PartitionStore:
                 batch.put(_ANCHOR, json.dumps({"offset": offset, "event_id": event_id}).encode())
         if change.active_delta:
             batch.put(_ACTIVE, str(max(0, self.active + change.active_delta)).encode())
-        self.db.write(batch, None if logged else _UNLOGGED)
+        self.db.write(batch)
         if self._timer_observers and (change.timers_removed or change.timers_added):
             for observer in self._timer_observers:
                 observer.timers_changed(change.timers_removed, change.timers_added)

@@ -150,7 +150,7 @@ from dataclasses import replace
 from pathlib import Path
 from pm.config import load_config
 from pm.runtime import ProcessManager, recovery
-recovery.FOLD_WINDOW = 20  # several windows, written outside the WAL
+recovery.FOLD_WINDOW = 20  # several windows
 config = replace(load_config(), state_dir=Path(sys.argv[1]), partitions="all")
 manager = ProcessManager(config, max_active=10**9, log=io.StringIO(), verifier=lambda e: None, catch_up_timeout=60.0)
 manager.start()
@@ -167,9 +167,9 @@ time.sleep(600)
 def test_a_kill_after_a_rebuild_and_a_first_input_keeps_every_rebuilt_record(
     topics: Config, tmp_path: Path
 ) -> None:
-    """A catch-up writes its windows outside RocksDB's write-ahead log, then flushes the store: the
-    first logged write (a live batch and its anchor) must never survive a crash the rebuilt records
-    before it did not (the store would claim an anchor past records it lost)."""
+    """A live batch after a rebuild (its anchor past every rebuilt window) must never survive a crash
+    the rebuilt records before it did not. (Session 9 tried writing the windows outside RocksDB's
+    write-ahead log: this test failed unless the store was flushed before the first live write.)"""
     config = _prefixed(topics)
     JournalWriter(config, Scenario(config, "r")).write(30, "status")  # ended processes: no timer to fire
     expected = _rebuilt(config, tmp_path / "clean")["records"]

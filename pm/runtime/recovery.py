@@ -310,7 +310,6 @@ class PartitionRecovery:
         # FOLD_WINDOW_BYTES, more than the tail's bounds, so the two always cover the tail.
         previous: list[RawJournalRecord] = []
         window_bytes = folded = 0
-        unlogged = False  # a window was written outside the WAL: the store is flushed at the end
         anchored = anchor is None
         try:
             batches = iter_journal_batches(
@@ -327,10 +326,8 @@ class PartitionRecovery:
                 window += batch
                 window_bytes += sum([len(record.value) for record in batch])
                 if len(window) >= FOLD_WINDOW or window_bytes > FOLD_WINDOW_BYTES:
-                    # Unlogged (RocksDB's WAL): the store is flushed before the PM's first logged write.
-                    store.write(WindowFold(self.registry, store, window).write(), logged=False)
+                    store.write(WindowFold(self.registry, store, window).write())
                     folded += len(window)
-                    unlogged = True
                     previous, window, window_bytes = window, [], 0
                     if from_scratch:
                         print(
@@ -358,11 +355,8 @@ class PartitionRecovery:
             # The tail first: once the last window is written, a restart would not read it again.
             outputs = [_entry_fields(record)["payload"] for record in _tail(previous + window)]
             if window:
-                # A short catch-up (a restart after a crash) is one logged write: no flush on the way up.
-                store.write(WindowFold(self.registry, store, window).write(), logged=not unlogged)
+                store.write(WindowFold(self.registry, store, window).write())
                 folded += len(window)
-            if unlogged:
-                store.flush()
             for payload in outputs:
                 self.unconfirmed.remember(payload)
         except JournalError as exc:
