@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from pm.codec import decode
 from pm.config import Config
@@ -45,6 +45,7 @@ __all__ = [
     "iter_journal",
     "iter_journal_raw",
     "iter_journal_batches",
+    "JournalReader",
     "RawJournalRecord",
     "decode_entry",
     "stored_bytes",
@@ -121,69 +122,109 @@ def iter_journal_batches(
     silent restart from the beginning (Kafka reports it; some brokers just send nothing,
     which the idle timeout catches).
     """
-    topic = config.topic(JOURNAL_TOPIC)
     wanted = journal_partitions(config) if partitions is None else sorted(partitions)
-    if not wanted:
-        return
+    if wanted:
+        yield from JournalReader(config, wanted, start, idle_timeout=idle_timeout, reset=reset).batches()
 
-    def offset_for(p: int) -> int:
-        if start is None:
-            return OFFSET_BEGINNING
-        if isinstance(start, int):
-            return start
-        return int(start.get(p, OFFSET_BEGINNING))
 
-    consumer = make_consumer(
-        config,
-        "journal-reader",
-        f"{config.topic_prefix}pm-journal-reader-{uuid.uuid4().hex[:8]}",
-        **{
-            "enable.partition.eof": True,
-            "auto.offset.reset": reset,
-            # A catch-up reads far faster than it folds, so the prefetch queue fills (64 MiB); librdkafka
-            # then postpones the partition's next fetch by this long (default 1 s) and the fold starves.
-            "fetch.queue.backoff.ms": 10,
-        },
-    )
-    try:
-        consumer.assign([TopicPartition(topic, p, offset_for(p)) for p in wanted])
-        pending = set(wanted)
-        idle_since = time.monotonic()
-        while pending:
-            # What is fetched already, else wait for the first record: consume(n, timeout) would wait the
-            # whole timeout whenever fewer than n arrive (200 ms per catch-up of a short partition).
-            messages = consumer.consume(num_messages=1000, timeout=0)
-            if not messages:
-                first = consumer.poll(0.2)
-                messages = [] if first is None else [first, *consumer.consume(num_messages=999, timeout=0)]
-            if not messages:
-                if time.monotonic() - idle_since > idle_timeout:
-                    raise JournalIdle(
-                        f"reading {topic} partitions {sorted(pending)}: no end of partition within "
-                        f"{idle_timeout:.0f}s (an open transaction may hold read_committed back)"
-                    )
-                continue
+class JournalReader:
+    """Reads journal partitions to their end (`iter_journal_batches`); made, it fetches already.
+
+    Its consumer is created and assigned in the constructor, so librdkafka starts fetching in its
+    own threads: a catch-up makes the next partition's reader before it folds this one, and the first
+    batch (~150 ms on the local broker) is there when it gets to it. `batches()` closes the consumer
+    when it ends; `close()` one that is not read.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        partitions: list[int],
+        start: int | Mapping[int, int] | None = None,
+        *,
+        idle_timeout: float = 30.0,
+        reset: str = "earliest",
+    ) -> None:
+        self.topic = config.topic(JOURNAL_TOPIC)
+        self.partitions = sorted(partitions)
+        self.idle_timeout = idle_timeout
+
+        def offset_for(p: int) -> int:
+            if start is None:
+                return OFFSET_BEGINNING
+            if isinstance(start, int):
+                return start
+            return int(start.get(p, OFFSET_BEGINNING))
+
+        self._consumer: Consumer | None = make_consumer(
+            config,
+            "journal-reader",
+            f"{config.topic_prefix}pm-journal-reader-{uuid.uuid4().hex[:8]}",
+            **{
+                "enable.partition.eof": True,
+                "auto.offset.reset": reset,
+                # A catch-up reads far faster than it folds, so the prefetch queue fills (64 MiB); librdkafka
+                # then postpones the partition's next fetch by this long (default 1 s) and the fold starves.
+                "fetch.queue.backoff.ms": 10,
+            },
+        )
+        try:
+            self._consumer.assign([TopicPartition(self.topic, p, offset_for(p)) for p in self.partitions])
+        except KafkaException as exc:
+            self.close()
+            raise JournalError(f"reading {self.topic}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            consumer, self._consumer = self._consumer, None
+            consumer.close()
+
+    def batches(self) -> Iterator[list[RawJournalRecord]]:
+        """The records to the end of every partition, in the batches the consumer hands over."""
+        consumer, topic = self._consumer, self.topic
+        if consumer is None:
+            raise JournalError(f"reading {topic}: this reader was closed")
+        try:
+            pending = set(self.partitions)
             idle_since = time.monotonic()
-            batch: list[RawJournalRecord] = []
-            record = tuple.__new__  # RawJournalRecord(...) without its Python-level __new__: ~0.5 us a record
-            for message in messages:
-                error = message.error()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(message.partition())
-                        continue
-                    raise JournalError(f"reading {topic}: {error}")
-                value = message.value()
-                if value is not None:
-                    batch.append(
-                        record(RawJournalRecord, (message.partition() or 0, message.offset() or 0, message.key(), value))
-                    )
-            if batch:
-                yield batch
-    except KafkaException as exc:
-        raise JournalError(f"reading {topic}: {exc}") from exc
-    finally:
-        consumer.close()
+            while pending:
+                # What is fetched already, else wait for the first record: consume(n, timeout) would wait the
+                # whole timeout whenever fewer than n arrive (200 ms per catch-up of a short partition).
+                messages = consumer.consume(num_messages=1000, timeout=0)
+                if not messages:
+                    first = consumer.poll(0.2)
+                    messages = [] if first is None else [first, *consumer.consume(num_messages=999, timeout=0)]
+                if not messages:
+                    if time.monotonic() - idle_since > self.idle_timeout:
+                        raise JournalIdle(
+                            f"reading {topic} partitions {sorted(pending)}: no end of partition within "
+                            f"{self.idle_timeout:.0f}s (an open transaction may hold read_committed back)"
+                        )
+                    continue
+                idle_since = time.monotonic()
+                batch: list[RawJournalRecord] = []
+                record = tuple.__new__  # RawJournalRecord(...) without its Python-level __new__: ~0.5 us a record
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(message.partition())
+                            continue
+                        raise JournalError(f"reading {topic}: {error}")
+                    value = message.value()
+                    if value is not None:
+                        batch.append(
+                            record(
+                                RawJournalRecord,
+                                (message.partition() or 0, message.offset() or 0, message.key(), value),
+                            )
+                        )
+                if batch:
+                    yield batch
+        except KafkaException as exc:
+            raise JournalError(f"reading {topic}: {exc}") from exc
+        finally:
+            self.close()
 
 
 def decode_entry(record: RawJournalRecord, topic: str = JOURNAL_TOPIC) -> JournalEntry:

@@ -242,9 +242,7 @@ class ProcessManager:
         self._backpressure.assign(consumer, partitions)
         self.timers.reset()
         wanted = sorted({tp.partition for tp in partitions})
-        for partition in wanted:
-            if partition not in self.stores:
-                self._open_store(partition)
+        self._open_stores([p for p in wanted if p not in self.stores])
         self._backpressure.check(self.consumer)
         self.assignments += 1
 
@@ -267,9 +265,28 @@ class ProcessManager:
                 store.close()
             self.timers.drop(partition)
 
-    def _open_store(self, partition: int) -> None:
-        """Open the partition's store, caught up to the end of its journal partition (`PartitionRecovery`)."""
-        recovery = PartitionRecovery(
+    def _open_stores(self, partitions: list[int]) -> None:
+        """Open each partition's store, caught up to the end of its journal partition (`PartitionRecovery`).
+
+        One after the other, but the next partition is prepared (store opened, its journal fetch
+        started) before this one's catch-up: its first records arrive while this one folds.
+        """
+        recoveries = [self._recovery(partition) for partition in partitions]
+        try:
+            for index, recovery in enumerate(recoveries):
+                recovery.prepare()
+                if index + 1 < len(recoveries):
+                    recoveries[index + 1].prepare()
+                store = recovery.open()
+                self.stores[recovery.partition] = store
+                self.timers.load(recovery.partition, store)  # its due timers in memory from now on
+                self._backpressure.active[recovery.partition] = store.active
+        finally:
+            for recovery in recoveries:
+                recovery.close()  # those prepared and never opened (an error stopped the loop)
+
+    def _recovery(self, partition: int) -> PartitionRecovery:
+        return PartitionRecovery(
             self.config,
             self.registry,
             self.consumer,
@@ -281,10 +298,6 @@ class ProcessManager:
             unconfirmed=self._unconfirmed,
             log=self.log,
         )
-        store = recovery.open()
-        self.stores[partition] = store
-        self.timers.load(partition, store)  # its due timers in memory from now on (one scan, caught up)
-        self._backpressure.active[partition] = store.active
 
     # ------------------------------------------------------------ the batch
 

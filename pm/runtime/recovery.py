@@ -23,11 +23,11 @@ from pm.journal import (
     JOURNAL_TOPIC,
     JournalError,
     JournalIdle,
+    JournalReader,
     ProcessRecord,
     RawJournalRecord,
     decode_entry,
     fold_entry,
-    iter_journal_batches,
     stored_bytes,
     stored_form,
 )
@@ -256,13 +256,46 @@ class PartitionRecovery:
         self.catch_up_timeout = catch_up_timeout
         self.unconfirmed = unconfirmed
         self.log = log
+        self._store: PartitionStore | None = None  # prepared, not yet opened
+        self._problem: str | None = None  # why the prepared store does not belong to the journal
+        self._reader: JournalReader | None = None  # fetching the catch-up since `prepare`
+        self._start = 0  # the offset `_reader` starts at
+
+    def prepare(self) -> None:
+        """Open the store and check it; start fetching its journal from the store's position.
+
+        Made before the previous partition's catch-up, so this partition's first batch is fetched
+        meanwhile (`JournalReader`). `open` prepares when nobody did; `close` undoes it.
+        """
+        if self._store is not None:
+            return
+        store = PartitionStore(store_path(self.config, self.partition), self.partition)
+        try:
+            self._problem = self._identity_problem(store)
+            if self._problem is None:
+                self._reader = self._reader_for(store)
+        except BaseException:
+            store.close()
+            raise
+        self._store = store
+
+    def close(self) -> None:
+        """Release a prepared partition that will not be opened (its store's lock, its reader)."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def open(self) -> PartitionStore:
-        partition = self.partition
-        path = store_path(self.config, partition)
-        store = PartitionStore(path, partition)
+        """The partition's store, caught up to the end of its journal partition."""
+        self.prepare()
+        store, problem = self._store, self._problem
+        assert store is not None
+        self._store = None
+        path = store.path
         try:
-            problem = self._identity_problem(store)
             if problem is None:
                 try:
                     self._catch_up(store)
@@ -272,19 +305,35 @@ class PartitionRecovery:
                 if not self.rebuild:
                     raise StoreError(
                         f"store {path} does not belong to journal {self.config.topic(JOURNAL_TOPIC)} "
-                        f"partition {partition} ({problem}): run `pm run pm --rebuild` to rebuild it from "
+                        f"partition {self.partition} ({problem}): run `pm run pm --rebuild` to rebuild it from "
                         "the journal, or point --state-dir elsewhere"
                     )
                 print(f"pm: rebuilding store {path} ({problem})", file=self.log, flush=True)
                 store.destroy()
-                store = PartitionStore(path, partition)
+                store = PartitionStore(path, self.partition)
                 self._catch_up(store)
         except BaseException:
             store.close()
             raise
+        finally:
+            if self._reader is not None:  # not read (a refused store): release its consumer
+                self._reader.close()
+                self._reader = None
         if store.identity is None:
             store.set_identity({"topic": self.config.topic(JOURNAL_TOPIC), "topic_id": self.journal_topic_id})
         return store
+
+    def _reader_for(self, store: PartitionStore) -> JournalReader:
+        """A reader of the journal partition from where the store stands (the anchor, else offset 0)."""
+        anchor = store.anchor
+        start = self._start = self._anchor_start(anchor[0]) if anchor is not None else 0
+        return JournalReader(
+            self.config,
+            [self.partition],
+            {self.partition: start},
+            idle_timeout=self.anchor_timeout if anchor is not None else self.catch_up_timeout,
+            reset="error" if anchor is not None else "earliest",
+        )
 
     def _identity_problem(self, store: PartitionStore) -> str | None:
         identity = store.identity
@@ -301,8 +350,10 @@ class PartitionRecovery:
         """Fold the journal partition from the store's position to its end, before any input is handled."""
         partition = self.partition
         anchor = store.anchor
-        start = self._anchor_start(anchor[0]) if anchor is not None else 0
         from_scratch = anchor is None
+        # The prepared reader (fetching since `prepare`), else a new one (a store destroyed for a rebuild).
+        reader, self._reader = self._reader or self._reader_for(store), None
+        start = self._start
         started = time.monotonic()
         window: list[RawJournalRecord] = []
         # The window folded before `window`: with it, the journal's tail is at hand at the end (decoded
@@ -312,14 +363,7 @@ class PartitionRecovery:
         window_bytes = folded = 0
         anchored = anchor is None
         try:
-            batches = iter_journal_batches(
-                self.config,
-                [partition],
-                {partition: start},
-                idle_timeout=self.anchor_timeout if anchor is not None else self.catch_up_timeout,
-                reset="error" if anchor is not None else "earliest",
-            )
-            for batch in batches:
+            for batch in reader.batches():
                 if not anchored:
                     assert anchor is not None
                     batch, anchored = _past_anchor(batch, anchor)
