@@ -245,6 +245,8 @@ class Scanner:
             end = self._walk(data, start, found)
         except IndexError as exc:
             raise ScanError(f"the body ends inside a field ({len(data) - start} bytes)") from exc
+        except UnicodeDecodeError as exc:
+            raise ScanError(f"a string that is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
         if end != len(data):
             raise ScanError(f"{len(data) - end} bytes after the body" if end < len(data) else "the body is cut short")
         return found

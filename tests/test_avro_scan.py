@@ -124,6 +124,7 @@ def test_bad_lengths_branches_and_counts_are_errors() -> None:
         (b"\x02x\x06\x00", "union branch 3"),
         (b"\x02x\x00\xfe\xff\xff\xff\x0f", "block of"),  # 2^31 longs in no bytes
         (b"\x02x\x00" + b"\xff" * 11, "varint longer"),
+        (b"\x02\xff\x00\x00", "not UTF-8"),  # a wanted string that does not decode
     ]:
         with pytest.raises(ScanError, match=reason):
             scanner.scan(body)
