@@ -135,7 +135,7 @@ class _Compiler:
             self.emit(depth + 1, f"raise ScanError(f'union branch {{{index}}} of {len(schema)}')")
             return
         if path is not None:
-            self.read(kind, depth, path)
+            self.read(schema, kind, depth, f"found[{path!r}]")
             return
         if kind in ("int", "long", "enum"):
             self.skip_varint(depth)
@@ -151,8 +151,9 @@ class _Compiler:
         else:
             raise _Unsupported(f"type {kind!r}")
 
-    def read(self, kind: str, depth: int, path: str) -> None:
-        target = f"found[{path!r}]"
+    def read(self, schema: Any, kind: str, depth: int, target: str) -> None:
+        """Code putting the value at `pos` in `target`: a string, bytes, an int, None (a null branch),
+        or a list of those (an array of strings, bytes or ints)."""
         if kind == "null":
             self.emit(depth, f"{target} = None")
         elif kind in ("string", "bytes"):
@@ -162,6 +163,26 @@ class _Compiler:
         elif kind in ("int", "long"):
             self.varint(depth, "n")
             self.emit(depth, f"{target} = n")
+        elif kind == "array":
+            item = self.resolve(schema["items"])
+            item_kind = self.kind(item)
+            if item_kind not in ("string", "bytes", "int", "long"):
+                raise _Unsupported(f"reading an array of {item_kind!r}")
+            items, count = self.fresh("items"), self.fresh("c")
+            self.emit(depth, f"{items} = []")
+            self.emit(depth, "while True:")
+            self.varint(depth + 1, count)
+            self.emit(depth + 1, f"if {count} == 0:")
+            self.emit(depth + 2, "break")
+            self.emit(depth + 1, f"if {count} < 0:  # the block's size in bytes follows: checked, items read")
+            self.emit(depth + 2, f"{count} = -{count}")
+            self.length(depth + 2)
+            self.emit(depth + 1, f"if {count} > size - pos:")
+            self.emit(depth + 2, f"raise ScanError(f'a block of {{{count}}} items in {{size - pos}} bytes')")
+            self.emit(depth + 1, f"for _ in range({count}):")
+            self.read(item, item_kind, depth + 2, "v")
+            self.emit(depth + 2, f"{items}.append(v)")
+            self.emit(depth, f"{target} = {items}")
         else:
             raise _Unsupported(f"reading a field of type {kind!r}")
 

@@ -40,11 +40,13 @@ SCHEMA = parse_schema(
                     ],
                 },
             },
+            {"name": "names", "type": {"type": "array", "items": "string"}},
+            {"name": "numbers", "type": {"type": "array", "items": "long"}},
             {"name": "last", "type": "string"},
         ],
     }
 )
-WANTED = ("id", "inner.count", "inner.blob", "inner.note", "last")
+WANTED = ("id", "inner.count", "inner.blob", "inner.note", "names", "numbers", "last")
 
 
 def _random_record(rng: random.Random) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def _random_record(rng: random.Random) -> dict[str, Any]:
             "items": [bytes(4) for _ in range(rng.randrange(200))],
             "note": rng.choice([None, text(), rng.randrange(-(2**62), 2**62)]),
         },
+        "names": [text() for _ in range(rng.choice([0, 1, 3, 200]))],
+        "numbers": [rng.randrange(-(2**62), 2**62) for _ in range(rng.randrange(5))],
         "last": text(),
     }
 
@@ -88,6 +92,8 @@ def test_the_scanned_fields_equal_fastavros_for_random_records() -> None:
             "inner.count": record["inner"]["count"],
             "inner.blob": record["inner"]["blob"],
             "inner.note": record["inner"]["note"],
+            "names": record["names"],
+            "numbers": record["numbers"],
             "last": record["last"],
         }
 
@@ -141,7 +147,13 @@ def test_a_block_with_its_byte_size_is_stepped_over_whole() -> None:
     scanner = compile_scanner(schema, ("z",))
     assert scanner is not None
     # count -2 (zigzag 3), size 2 bytes, items 1 and 2, end of array, then "ok"
-    assert scanner.scan(b"\x03\x04\x02\x04\x00\x04ok") == {"z": "ok"}
+    body = b"\x03\x04\x02\x04\x00\x04ok"
+    assert scanner.scan(body) == {"z": "ok"}
+    reader = compile_scanner(schema, ("a", "z"))  # a wanted array: the sized block's items are read
+    assert reader is not None
+    assert reader.scan(body) == {"a": [1, 2], "z": "ok"}
+    with pytest.raises(ScanError, match="runs past"):
+        reader.scan(b"\x03\x7e\x02\x04\x00\x04ok")  # a block size beyond the body
 
 
 def test_schemas_it_cannot_walk_are_refused_at_compile_time() -> None:
@@ -150,6 +162,8 @@ def test_schemas_it_cannot_walk_are_refused_at_compile_time() -> None:
     )
     assert compile_scanner(nulls, ()) is None  # the item count would be unbounded
     assert compile_scanner(SCHEMA, ("digest",)) is None  # reading a fixed is not supported
+    assert compile_scanner(SCHEMA, ("tags",)) is None  # nor a map
+    assert compile_scanner(SCHEMA, ("inner.items",)) is None  # nor an array of fixed
     assert compile_scanner(SCHEMA, ("nothere",)) is None
 
 

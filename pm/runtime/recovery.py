@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from pm.codec import SchemaRegistry, decode, read_fields, read_paths
+from pm.codec import SchemaRegistry, decode, read_paths
 from pm.codec import registry as codec_registry
 from pm.config import Config
 from pm.events import JournalEntry
@@ -48,15 +48,20 @@ FOLD_WINDOW = 5000
 FOLD_WINDOW_BYTES = 64 << 20  # and at most this much journal held at once (entries can be ~1 MB)
 
 
-def _entry_fields(record: RawJournalRecord) -> dict[str, Any]:
-    """A journal entry's plain fields: no validation (a carried record is checked by `stored_form`)."""
-    type_name, fields = read_fields(record.value)
-    _check_type(record, type_name)
-    return fields
-
-
 # What a fold needs of a process's last entry in a window: read without decoding the rest (`read_paths`).
 _LAST_ENTRY_PATHS = ("event_id", "correlation_id", "payload.status", "payload.record")
+# What `UnconfirmedOutputs.remember` needs of an entry in the journal's tail.
+_OUTPUT_PATHS = tuple(
+    f"payload.{name}"
+    for name in ("outcome", "input_topic", "input_partition", "input_offset", "commands", "published")
+)
+
+
+def _outputs(record: RawJournalRecord, schemas: SchemaRegistry) -> dict[str, Any]:
+    """The entry's payload fields `UnconfirmedOutputs.remember` reads."""
+    type_name, fields = read_paths(record.value, _OUTPUT_PATHS, schemas)
+    _check_type(record, type_name)
+    return {path.removeprefix("payload."): value for path, value in fields.items()}
 
 
 def _last_entry_fields(record: RawJournalRecord, schemas: SchemaRegistry) -> dict[str, Any]:
@@ -397,7 +402,8 @@ class PartitionRecovery:
             )
         try:
             # The tail first: once the last window is written, a restart would not read it again.
-            outputs = [_entry_fields(record)["payload"] for record in _tail(previous + window)]
+            schemas = codec_registry()
+            outputs = [_outputs(record, schemas) for record in _tail(previous + window)]
             if window:
                 store.write(WindowFold(self.registry, store, window).write())
                 folded += len(window)

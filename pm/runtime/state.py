@@ -113,7 +113,7 @@ class UnconfirmedOutputs:
 
     def remember(self, payload: Mapping[str, Any]) -> None:
         """Keep the outputs of a journal entry found during catch-up (its payload's plain fields,
-        `pm.codec.read_fields`), keyed by the input's position."""
+        read by `pm.codec.read_paths`), keyed by the input's position."""
         outputs = (*payload["commands"], *payload["published"])
         if payload["outcome"] != "applied" or not outputs:
             return
