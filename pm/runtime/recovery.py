@@ -57,22 +57,19 @@ _OUTPUT_PATHS = tuple(
 )
 
 
-def _outputs(record: RawJournalRecord, schemas: SchemaRegistry) -> dict[str, Any]:
-    """The entry's payload fields `UnconfirmedOutputs.remember` reads."""
-    type_name, fields = read_paths(record.value, _OUTPUT_PATHS, schemas)
-    _check_type(record, type_name)
-    return {path.removeprefix("payload."): value for path, value in fields.items()}
-
-
-def _last_entry_fields(record: RawJournalRecord, schemas: SchemaRegistry) -> dict[str, Any]:
-    type_name, fields = read_paths(record.value, _LAST_ENTRY_PATHS, schemas)
-    _check_type(record, type_name)
+def _entry_paths(record: RawJournalRecord, paths: tuple[str, ...], schemas: SchemaRegistry) -> dict[str, Any]:
+    """A few fields of a journal entry (`read_paths`: no validation; a carried record is checked by
+    `stored_form`)."""
+    type_name, fields = read_paths(record.value, paths, schemas)
+    if type_name != JournalEntry.TYPE:
+        raise JournalError(f"journal record {record.partition}@{record.offset} holds a {type_name}")
     return fields
 
 
-def _check_type(record: RawJournalRecord, type_name: str) -> None:
-    if type_name != JournalEntry.TYPE:
-        raise JournalError(f"journal record {record.partition}@{record.offset} holds a {type_name}")
+def _outputs(record: RawJournalRecord, schemas: SchemaRegistry) -> dict[str, Any]:
+    """The entry's payload fields `UnconfirmedOutputs.remember` reads."""
+    fields = _entry_paths(record, _OUTPUT_PATHS, schemas)
+    return {path.removeprefix("payload."): value for path, value in fields.items()}
 
 
 class WindowFold:
@@ -109,7 +106,7 @@ class WindowFold:
         olds = self.store.get_records(list(self.positions))
         schemas = codec_registry()
         for (correlation_id, indices), old in zip(self.positions.items(), olds, strict=True):
-            last = _last_entry_fields(self.window[indices[-1]], schemas)
+            last = _entry_paths(self.window[indices[-1]], _LAST_ENTRY_PATHS, schemas)
             if last["correlation_id"] != correlation_id:
                 record = self.window[indices[-1]]
                 raise JournalError(
