@@ -213,7 +213,12 @@ class Checkpoint:
             # producer fenced by a newer one) as a SystemError caused by the KafkaException.
             if isinstance(exc.__cause__, KafkaException):
                 raise exc.__cause__ from None
-            raise
+            # Also seen without a cause (CI, a producer fenced during the flush: "returned NULL without
+            # setting an exception"). A failed flush aborts the transaction, which is always safe (the
+            # batch is retried), and the abort tells a fenced producer from a healthy one.
+            raise KafkaException(
+                KafkaError(KafkaError._FAIL, f"flush failed: {exc}", txn_requires_abort=True)
+            ) from exc
         if remaining:
             raise KafkaException(
                 KafkaError(KafkaError._MSG_TIMED_OUT, f"{remaining} records not delivered", retriable=True)
