@@ -36,6 +36,7 @@ from fastavro.schema import to_parsing_canonical_form
 from pydantic import ValidationError
 
 from pm.avro_scan import ScanError, Scanner, compile_scanner
+from pm.avro_write import WriteMismatch, Writer, compile_writer
 from pm.errors import PmError
 from pm.events import EVENT_TYPES, Event
 
@@ -160,6 +161,8 @@ class SchemaRegistry:
         self.by_fingerprint: dict[bytes, SchemaInfo] = {}
         # (record header, paths) -> (type name, its Scanner or None): `read_paths`, filled as it goes.
         self.scanners: dict[tuple[bytes, tuple[str, ...]], tuple[str, Scanner | None]] = {}
+        # latest schema's header -> its compiled Writer or None (`encode`), filled as it goes.
+        self.writers: dict[bytes, Writer | None] = {}
         for folder in self.directories:
             if not folder.is_dir():
                 hint = "set PM_SCHEMA_DIR" if folder == self.directories[0] else "run `pm schemas generate`"
@@ -216,14 +219,27 @@ def _registry_for(named_dir: str | None, added: tuple[Path, ...]) -> SchemaRegis
     return SchemaRegistry(Path(named_dir) if named_dir else schema_dir(), added)
 
 
+# `os.environ.get` of an unset variable raises and catches a KeyError inside (~2.5 us): `registry()` runs
+# several times per event, so it reads the environment's own dict (bytes keys on POSIX) when there is one.
+_ENVIRON_DATA: Mapping[Any, Any] | None = getattr(os.environ, "_data", None)
+_SCHEMA_DIR_KEY = os.environ.encodekey("PM_SCHEMA_DIR") if _ENVIRON_DATA is not None else None
+
+
+def _schema_dir_setting() -> str | None:
+    if _ENVIRON_DATA is None:
+        return os.environ.get("PM_SCHEMA_DIR")
+    raw = _ENVIRON_DATA.get(_SCHEMA_DIR_KEY)
+    return None if raw is None else os.environ.decodevalue(raw)
+
+
 def registry() -> SchemaRegistry:
     """The schemas of `schema_dirs()`, loaded and parsed once (cached per PM_SCHEMA_DIR value and added dirs)."""
-    return _registry_for(os.environ.get("PM_SCHEMA_DIR"), _added_dirs)
+    return _registry_for(_schema_dir_setting(), _added_dirs)
 
 
-def schema_for(type_name: str) -> SchemaInfo:
-    """The latest schema of an event type."""
-    known = registry()
+def schema_for(type_name: str, known: SchemaRegistry | None = None) -> SchemaInfo:
+    """The latest schema of an event type (in `known`, else `registry()`)."""
+    known = known or registry()
     info = known.latest.get(type_name)
     if info is None:
         raise CodecError(
@@ -245,8 +261,24 @@ def encode_record(info: SchemaInfo, record: Mapping[str, Any]) -> bytes:
 
 
 def encode(event: Event) -> bytes:
-    """The record value for an event: marker, fingerprint of its type's latest schema, Avro body."""
-    return encode_record(schema_for(type(event).TYPE), event.model_dump(mode="python"))
+    """The record value for an event: marker, fingerprint of its type's latest schema, Avro body.
+
+    The body is written from the event's attributes by the schema's compiled `pm.avro_write.Writer`
+    (fastavro's bytes, without a dict per model); an event it does not take as is (a value of an
+    unexpected type) goes through `model_dump` and fastavro, which name the problem.
+    """
+    known = registry()
+    info = schema_for(type(event).TYPE, known)
+    try:
+        writer = known.writers[info.header]
+    except KeyError:
+        writer = known.writers[info.header] = compile_writer(info.parsed)
+    if writer is not None:
+        try:
+            return info.header + writer.write(event)
+        except WriteMismatch:
+            pass
+    return encode_record(info, event.model_dump(mode="python"))
 
 
 def _writer(data: bytes | bytearray | memoryview, known: SchemaRegistry | None = None) -> SchemaInfo:
