@@ -296,6 +296,25 @@ def test_results_of_a_busy_consumer_are_batched_and_a_lone_one_goes_at_once(topi
     assert consumer.stats["batched"] == batched, consumer.stats  # alone: the express producer
 
 
+def test_a_process_fan_out_is_not_held_back_for_company(topics: Config) -> None:
+    # One process's parallel commands (the e-mail's fetch-order and fetch-refund-policy) are in flight
+    # together while nothing else is: the first result must not wait BULK_LINGER_MS in the batching
+    # producer (the process needs both; it cost an unloaded e-mail ~50 ms).
+    started: list[float] = []
+
+    def slow(command: Event, call: int) -> None:
+        started.append(time.monotonic())
+        time.sleep(0.2)
+
+    reader = Reader(topics)
+    consumer = StepConsumer(topics, Scripted(slow), concurrency=4)
+    with running(consumer):
+        produce(topics, fetch_order("fan-1"), fetch_order("fan-2"))
+        assert len(reader.take(2, timeout=30)) == 2
+    assert len(started) == 2 and abs(started[1] - started[0]) < 0.15, "the two did not run side by side"
+    assert consumer.stats["batched"] == 0, consumer.stats
+
+
 def test_a_result_too_large_for_a_record_becomes_a_failed_result(topics: Config) -> None:
     # A huge result (e.g. a model's endless draft) would be refused by the broker, and replayed from the
     # ledger at every restart: it is answered as a permanent failure instead, and the partition flows.

@@ -81,10 +81,14 @@ Headers = telemetry.Headers
 TP = tuple[str, int]
 COMMIT_INTERVAL = 0.1  # seconds between asynchronous offset commits
 RESULT_MARGIN = 4096  # bytes of a record beside its value (key, trace headers, framing)
-# A result produced while other commands are in flight waits up to this long for company in one
-# produce request (the broker's cost follows requests: a quarter less broker CPU per process under
-# load in bench e2e); one produced alone goes at once (each step hop of an unloaded process).
+# A result produced while the consumer is busy (at least BULK_WHEN_IN_FLIGHT commands in flight, its
+# own included) waits up to BULK_LINGER_MS for company in one produce request: the broker's cost follows
+# requests (a quarter less broker CPU per process under load in bench e2e). Any other result goes at
+# once (linger 0) through the express producer: each step hop of an unloaded process, and a process's
+# own fan-out (the e-mail's two fetches: the first result used to wait 50 ms for a request of its own).
 BULK_LINGER_MS = 50
+BULK_WHEN_IN_FLIGHT = 4
+EXPRESS_LINGER_MS = 0
 
 
 @dataclass(frozen=True)
@@ -269,7 +273,7 @@ class StepConsumer:
                 if isinstance(lane.handler, LedgerAware):
                     lane.handler.use_ledger(lane.ledger)
             role = f"step-{self.step}"
-            self._producer = make_producer(self.config, role)
+            self._producer = make_producer(self.config, role, **{"linger.ms": EXPRESS_LINGER_MS})
             self._bulk = make_producer(self.config, f"{role}-bulk", **{"linger.ms": BULK_LINGER_MS})
             self._consumer = make_consumer(self.config, role, self.group_id)
             self._workers = [
@@ -501,9 +505,9 @@ class StepConsumer:
     ) -> None:
         """Produce; when the broker acknowledges, the records in `refs` are done (committable).
 
-        Batched (`BULK_LINGER_MS`) when other commands are in flight, whose results follow soon.
+        Batched (`BULK_LINGER_MS`) when the consumer is busy (`BULK_WHEN_IN_FLIGHT`): other results follow soon.
         """
-        bulk = len(self._inflight) > 1  # this command is counted until the main thread releases it
+        bulk = len(self._inflight) >= BULK_WHEN_IN_FLIGHT  # this command counts until the main thread releases it
         if bulk:
             self._count("batched")
         attempts = [0]
