@@ -36,7 +36,9 @@ import ssl
 import threading
 import time
 from datetime import datetime
+from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
+from email.policy import default as default_policy
 from email.utils import format_datetime
 from functools import lru_cache
 
@@ -82,10 +84,29 @@ def _angle(message_id: str) -> str:
     return message_id if message_id.startswith("<") else f"<{message_id}>"
 
 
+class _HeaderClasses(HeaderRegistry):
+    """The standard header registry, each header's class made once: `HeaderRegistry.__getitem__` builds
+    a new class with `type()` for every header set (~40 us, a fifth of building a reply). Same classes,
+    same parsing and checks (a CR or LF in a value is still refused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._made: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        made = self._made.get(name.lower())
+        if made is None:
+            made = self._made[name.lower()] = super().__getitem__(name)
+        return made
+
+
+_POLICY = default_policy.clone(header_factory=_HeaderClasses())
+
+
 def build_message(command: Event, sender: str, now: datetime, *, to: str | None = None) -> EmailMessage:
     """The reply; `To` is `to` or else `parse_address(payload.to)` (AddressError when refused)."""
     payload = command.payload
-    message = EmailMessage()
+    message = EmailMessage(policy=_POLICY)
     message["From"] = sender
     message["To"] = to if to is not None else parse_address(payload.to, field="to")
     message["Subject"] = payload.subject

@@ -16,7 +16,8 @@ from consumer_kit import Reader, produce, running, send_email
 from test_runtime_support import read_topic
 
 from consumers import load_handler
-from consumers.send_email import FAULT_ENV, SENDING, SendEmailHandler, message_id_for
+from consumers import send_email as send_email_step
+from consumers.send_email import FAULT_ENV, SENDING, SendEmailHandler, build_message, message_id_for
 from consumers.smtp_sink import SmtpSink
 from customer_email.addresses import parse_address
 from customer_email.events import EmailSent
@@ -161,3 +162,28 @@ def test_kill_9_between_sending_and_sent_gives_one_uncertain_result(topics: Conf
     assert result.payload.uncertain and not result.payload.retryable
     assert result.payload.command_id == command.payload.command_id
     assert len(mailbox.Maildir(str(sink.maildir))) == 1  # never sent a second time
+
+
+def test_the_reply_is_built_as_the_standard_policy_builds_it_and_still_refuses_line_breaks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # build_message makes each header class once (_HeaderClasses); the bytes and the checks must be the
+    # standard library's own.
+    from datetime import UTC, datetime
+    from email.policy import default
+
+    command = send_email(to="jane@example.com")
+    long_subject = "Re: Rückerstattung – très long, " * 8  # folded and RFC 2047 encoded
+    odd = command.model_copy(
+        update={"payload": command.payload.model_copy(update={"subject": long_subject, "body": "Grüße\n" * 40})}
+    )
+    now = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
+    built = [build_message(c, "support@shop.example", now).as_bytes() for c in (command, odd)]
+    monkeypatch.setattr(send_email_step, "_POLICY", default)
+    assert built == [build_message(c, "support@shop.example", now).as_bytes() for c in (command, odd)]
+    monkeypatch.undo()
+    injected = command.model_copy(
+        update={"payload": command.payload.model_copy(update={"subject": "Hi\r\nBcc: x@evil.example"})}
+    )
+    with pytest.raises(ValueError, match="linefeed or carriage return"):
+        build_message(injected, "support@shop.example", now)
