@@ -149,12 +149,17 @@ class JournalReader:
         self.partitions = sorted(partitions)
         self.idle_timeout = idle_timeout
 
+        # "From the beginning" is offset 0 when an out-of-range start resets to the earliest record (a
+        # log that no longer starts at 0 is read from its start all the same): on the local broker the
+        # first batch then comes after ~150 ms instead of the ~650 ms it takes from OFFSET_BEGINNING.
+        beginning = 0 if reset == "earliest" else OFFSET_BEGINNING
+
         def offset_for(p: int) -> int:
             if start is None:
-                return OFFSET_BEGINNING
+                return beginning
             if isinstance(start, int):
                 return start
-            return int(start.get(p, OFFSET_BEGINNING))
+            return int(start.get(p, beginning))
 
         self._consumer: Consumer | None = make_consumer(
             config,
