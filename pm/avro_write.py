@@ -114,7 +114,7 @@ class _Compiler:
         elif kind == "string":
             self.emit(depth, f"if not isinstance({value}, str):")
             self.emit(depth + 1, f"raise WriteMismatch(f'string: {{type({value}).__name__}}')")
-            self.emit(depth, f"{value} = {value}.encode()")
+            self.emit(depth, f"{value} = _utf8({value})  # str.encode: a subclass cannot swap the bytes")
             self.sized(depth, value)
         elif kind == "bytes":
             self.emit(depth, f"if type({value}) is not bytes:")
@@ -186,6 +186,7 @@ class _Compiler:
             "_varint": _varint,
             "_millis": _millis,
             "_double": struct.Struct("<d").pack,
+            "_utf8": str.encode,
             "WriteMismatch": WriteMismatch,
         }
         exec(compile("\n".join(self.lines), f"<avro writer of {schema.get('name')}>", "exec"), namespace)  # noqa: S102
