@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
+from pm.avro_codegen import SchemaCode
+
 __all__ = ["ScanError", "Scanner", "compile_scanner"]
 
 _FIXED_SIZE = {"null": 0, "boolean": 1, "float": 4, "double": 8}
@@ -49,29 +51,12 @@ def _long(data: bytes, pos: int) -> tuple[int, int]:
 _MAX_DEPTH = 32  # nesting inlined at most (a recursive schema is refused)
 
 
-class _Compiler:
+class _Compiler(SchemaCode):
     """Writes the walk as one Python function: each step inline, no call per field.
 
     A walk through closures cost as much as fastavro's full decode (a call per field and varint);
     inlined it is ~3x cheaper.
     """
-
-    def __init__(self, named: Mapping[str, Any]) -> None:
-        self.named = named
-        self.lines: list[str] = []
-        self.counter = 0
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
-    def fresh(self, stem: str) -> str:
-        self.counter += 1
-        return f"{stem}{self.counter}"
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema in self.named:
-            return self.named[schema]
-        return schema
 
     def varint(self, depth: int, target: str) -> None:
         """`target` = the zigzag varint at `pos`; the one-byte case inline."""
@@ -227,8 +212,7 @@ class _Compiler:
         self.record(schema, wanted, 1, 0, "")
         self.emit(1, "return pos")
         namespace: dict[str, Any] = {"_long": _long, "ScanError": ScanError}
-        exec(compile("\n".join(self.lines), f"<avro scan of {schema.get('name')}>", "exec"), namespace)  # noqa: S102
-        walk: Callable[..., int] = namespace["walk"]
+        walk: Callable[..., int] = self.build("walk", f"avro scan of {schema.get('name')}", namespace)
         return walk
 
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from pm.avro_codegen import SchemaCode
+
 __all__ = ["WriteMismatch", "Writer", "compile_writer"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -55,25 +57,8 @@ def _millis(value: Any) -> int:
     return (delta.days * 86400 + delta.seconds) * 1000 + int(delta.microseconds / 1000)
 
 
-class _Compiler:
+class _Compiler(SchemaCode):
     """Writes the encoder as one Python function, each field inline (a call per field costs ~as much)."""
-
-    def __init__(self, named: Mapping[str, Any]) -> None:
-        self.named = named
-        self.lines: list[str] = []
-        self.counter = 0
-
-    def emit(self, depth: int, line: str) -> None:
-        self.lines.append("    " * depth + line)
-
-    def fresh(self, stem: str) -> str:
-        self.counter += 1
-        return f"{stem}{self.counter}"
-
-    def resolve(self, schema: Any) -> Any:
-        if isinstance(schema, str) and schema in self.named:
-            return self.named[schema]
-        return schema
 
     def long(self, depth: int, value: str, kind: str) -> None:
         low, high = _INT_RANGE[kind]
@@ -189,8 +174,7 @@ class _Compiler:
             "_utf8": str.encode,
             "WriteMismatch": WriteMismatch,
         }
-        exec(compile("\n".join(self.lines), f"<avro writer of {schema.get('name')}>", "exec"), namespace)  # noqa: S102
-        write: Callable[[Any], bytes] = namespace["write"]
+        write: Callable[[Any], bytes] = self.build("write", f"avro writer of {schema.get('name')}", namespace)
         return write
 
 

@@ -85,7 +85,7 @@ RESULT_MARGIN = 4096  # bytes of a record beside its value (key, trace headers, 
 # own included) waits up to BULK_LINGER_MS for company in one produce request: the broker's cost follows
 # requests (a quarter less broker CPU per process under load in bench e2e). Any other result goes at
 # once (linger 0) through the express producer: each step hop of an unloaded process, and a process's
-# own fan-out (the e-mail's two fetches: the first result used to wait 50 ms for a request of its own).
+# own fan-out (commands issued together: the first result used to wait 50 ms for a request of its own).
 BULK_LINGER_MS = 50
 BULK_WHEN_IN_FLIGHT = 4
 EXPRESS_LINGER_MS = 0
