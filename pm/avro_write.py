@@ -71,12 +71,19 @@ class _Compiler(SchemaCode):
         self.emit(depth, "else:")
         self.emit(depth + 1, f"raise WriteMismatch(f'{kind} out of range: {{{value}}}')")
 
+    def count(self, depth: int, count: str) -> None:
+        """Append a length or item count (never negative): one or two bytes inline, longer ones by call."""
+        self.emit(depth, f"if {count} < 64:")
+        self.emit(depth + 1, f"out.append({count} << 1)")
+        self.emit(depth, f"elif {count} < 8192:  # zigzag 2n: its low 7 bits with the continuation bit, then n >> 6")
+        self.emit(depth + 1, f"out.append((({count} << 1) & 0x7F) | 0x80)")
+        self.emit(depth + 1, f"out.append({count} >> 6)")
+        self.emit(depth, "else:")
+        self.emit(depth + 1, f"_varint(out, {count})")
+
     def sized(self, depth: int, data: str) -> None:
         self.emit(depth, f"n = len({data})")
-        self.emit(depth, "if n < 64:")
-        self.emit(depth + 1, "out.append(n << 1)")
-        self.emit(depth, "else:")
-        self.emit(depth + 1, "_varint(out, n)")
+        self.count(depth, "n")
         self.emit(depth, f"out += {data}")
 
     def value(self, schema: Any, depth: int, level: int, value: str) -> None:
@@ -143,10 +150,7 @@ class _Compiler(SchemaCode):
         self.emit(depth + 1, f"raise WriteMismatch(f'array: {{type({value}).__name__}}')")
         self.emit(depth, f"if {value}:")
         self.emit(depth + 1, f"n = len({value})")
-        self.emit(depth + 1, "if n < 64:")
-        self.emit(depth + 2, "out.append(n << 1)")
-        self.emit(depth + 1, "else:")
-        self.emit(depth + 2, "_varint(out, n)")
+        self.count(depth + 1, "n")
         item = self.fresh("item")
         self.emit(depth + 1, f"for {item} in {value}:")
         self.value(schema["items"], depth + 2, level + 1, item)

@@ -66,7 +66,7 @@ def _random_record(rng: random.Random) -> dict[str, Any]:
         "total": number(64),
         "when": datetime(1970, 1, 1, tzinfo=UTC)
         + timedelta(milliseconds=rng.choice([0, -1, -86_400_001, 1_764_000_000_123, rng.randint(-(10**12), 10**13)])),
-        "blob": rng.randbytes(rng.choice([0, 5, 64, 1000])),
+        "blob": rng.randbytes(rng.choice([0, 5, 63, 64, 8191, 8192, 20_000])),  # one, two, three length bytes
         "note": rng.choice([None, text()]),
         "fallback": rng.choice([None, number(64)]),
         "from": text(),
