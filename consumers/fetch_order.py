@@ -1,4 +1,4 @@
-"""fetch-order: `GET {order_service_url}/orders/{id}`, or the sender's open orders, over httpx.
+"""fetch-order: `GET {order_service_url}/orders/{id}`, or the sender's open orders (`consumers.http_client`).
 
 A command names either an order (`order_id`) or, when the e-mail named none, a customer: the
 parsed sender address (`customer`, never an address from the text), looked up with
@@ -7,19 +7,20 @@ address (parsed again here) that are still open are passed on, at most `MAX_CUST
 the process's rules check them once more and decide (one: use it; several: ask; none: escalate).
 
 404 is a normal result (`found=False`; the PM's rules escalate); timeouts, connection
-errors, 429 and 5xx are transient (the base retries them); anything else, or a body that
-is not an `Order` (or a list of them), is permanent.
+errors, 429 and 5xx are transient (the base retries them); anything else, a body over 4 MiB, or
+a body that is not an `Order` (or a list of them), is permanent.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 from pydantic import ValidationError
 
+from consumers.http_client import HttpBodyTooLarge, HttpGetClient, HttpReply, HttpUnavailable
 from customer_email.addresses import AddressError, parse_address, same_address
 from customer_email.events import Order, OrderFetched, OrderFetchedPayload, Step
 from customer_email.settings import EmailSettings
@@ -41,8 +42,8 @@ class FetchOrderHandler:
     step = Step.FETCH_ORDER
 
     def __init__(self, base_url: str, timeout: float = 5.0) -> None:
-        # One client for all worker threads: httpx.Client is thread-safe and pools connections.
-        self.client = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        # One client for all worker threads: each thread keeps its own connection.
+        self.client = HttpGetClient(base_url, timeout=timeout)
 
     def handle(self, command: Event, now: datetime) -> Event:
         payload = command.payload
@@ -51,12 +52,12 @@ class FetchOrderHandler:
         order_id = payload.order_id
         response = self._get(f"/orders/{quote(order_id, safe='')}")
         order: Order | None = None
-        if response.status_code == 404:
+        if response.status == 404:
             found = False
         else:
             self._check(response)
             try:
-                order = Order.model_validate_json(response.content)
+                order = Order.model_validate_json(response.body)
             except ValidationError as exc:
                 raise PermanentError("order service returned something that is not an order", _problems(exc)) from exc
             found = True
@@ -84,7 +85,7 @@ class FetchOrderHandler:
         response = self._get("/orders", params={"customer": customer})
         self._check(response)
         try:
-            body: Any = response.json()
+            body: Any = json.loads(response.body)
         except ValueError as exc:
             raise PermanentError("order service answered with something that is not JSON") from exc
         items = body.get("orders") if isinstance(body, dict) else None
@@ -113,18 +114,20 @@ class FetchOrderHandler:
             now,
         )
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> httpx.Response:
+    def _get(self, path: str, params: dict[str, str] | None = None) -> HttpReply:
         try:
             return self.client.get(path, params=params)
-        except httpx.TransportError as exc:  # connect errors, timeouts, broken connections
-            raise TransientError(f"order service unreachable: {type(exc).__name__}: {exc}") from exc
+        except HttpUnavailable as exc:  # refused, reset, timed out
+            raise TransientError(f"order service unreachable: {exc}") from exc
+        except HttpBodyTooLarge as exc:
+            raise PermanentError(f"order service answered with {exc}") from exc
 
     @staticmethod
-    def _check(response: httpx.Response) -> None:
-        if response.status_code == 429 or response.status_code >= 500:
-            raise TransientError(f"order service answered HTTP {response.status_code}")
-        if response.status_code != 200:
-            raise PermanentError(f"order service answered HTTP {response.status_code}", [response.text[:500]])
+    def _check(response: HttpReply) -> None:
+        if response.status == 429 or response.status >= 500:
+            raise TransientError(f"order service answered HTTP {response.status}")
+        if response.status != 200:
+            raise PermanentError(f"order service answered HTTP {response.status}", [response.text[:500]])
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,139 @@
+"""A small GET client for a step's HTTP service: one kept-alive connection per worker thread.
+
+fetch-order spent ~3x the CPU per request in httpx (1.96 ms against 0.64 ms for `http.client` on this
+machine, a request to the local order service each): the largest single cost of the light steps.
+This client does what the step needs and no more: GET with query parameters, a bounded body, the
+connection kept while the server keeps it, and one retry on a fresh connection when a kept one turns
+out closed (a GET is safe to repeat). No redirects are followed and no proxy settings are read.
+
+Errors: `HttpUnavailable` when no answer came (refused, reset, timed out), `HttpBodyTooLarge` when
+the body is over `max_body_bytes`. Statuses are the caller's to judge.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+from dataclasses import dataclass
+from urllib.parse import urlencode, urlsplit
+
+__all__ = ["HttpBodyTooLarge", "HttpGetClient", "HttpReply", "HttpUnavailable"]
+
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+class HttpUnavailable(Exception):
+    """No answer from the service: refused, reset, closed or timed out."""
+
+
+class HttpBodyTooLarge(Exception):
+    """The service answered with a body over the limit (not read further)."""
+
+
+@dataclass(frozen=True)
+class HttpReply:
+    status: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+# A kept connection the server has closed meanwhile fails on first use with one of these: the request
+# never reached a live server, so it is sent again once on a new connection.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
+
+
+class HttpGetClient:
+    """GETs against `base_url` (http or https), thread-safe: each thread keeps its own connection."""
+
+    def __init__(self, base_url: str, timeout: float = 5.0, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        parts = urlsplit(base_url.rstrip("/"))
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {base_url!r}")
+        self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
+        self.prefix = parts.path
+        self.timeout = timeout
+        self.max_body_bytes = max_body_bytes
+        self._local = threading.local()
+        self._open: set[http.client.HTTPConnection] = set()
+        self._open_lock = threading.Lock()
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> HttpReply:
+        target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is not None:
+            try:
+                return self._exchange(connection, target)
+            except _STALE:
+                self._drop()
+            except HttpUnavailable:
+                self._drop()
+                raise
+        try:
+            return self._exchange(self._connection(), target)
+        except (*_STALE, HttpUnavailable) as exc:
+            self._drop()
+            if isinstance(exc, HttpUnavailable):
+                raise
+            raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _exchange(self, connection: http.client.HTTPConnection, target: str) -> HttpReply:
+        try:
+            connection.request("GET", target, headers={"Accept": "application/json"})
+            response = connection.getresponse()
+            declared = response.getheader("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                self._drop()
+                raise HttpBodyTooLarge(f"a body of {declared} bytes (the limit is {self.max_body_bytes})")
+            # Read to the end (the connection then carries the next request), never past the limit.
+            chunks: list[bytes] = []
+            total = 0
+            while not response.isclosed():
+                chunk = response.read(min(65536, self.max_body_bytes + 1 - total))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > self.max_body_bytes:
+                    self._drop()
+                    raise HttpBodyTooLarge(f"a body over {self.max_body_bytes} bytes")
+            # A response that closes its connection (HTTP/1.0, `Connection: close`) leaves it to reopen
+            # on the next request (http.client's auto_open).
+            return HttpReply(response.status, b"".join(chunks))
+        except (TimeoutError, ConnectionRefusedError, http.client.IncompleteRead) as exc:
+            raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, _STALE):
+                raise
+            raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection: http.client.HTTPConnection
+        if self.scheme == "https":
+            connection = http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.timeout, context=ssl.create_default_context()
+            )
+        else:
+            connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        self._local.connection = connection
+        with self._open_lock:
+            self._open.add(connection)
+        return connection
+
+    def _drop(self) -> None:
+        connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            connection.close()
+            with self._open_lock:
+                self._open.discard(connection)
+
+    def close(self) -> None:
+        """Close every thread's connection."""
+        with self._open_lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            connection.close()

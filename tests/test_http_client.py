@@ -1,0 +1,175 @@
+"""`consumers.http_client` and fetch-order's handling of what a service answers, against a scripted
+HTTP server: kept connections, a kept connection the server closed, bounded bodies, timeouts and
+statuses."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from consumer_kit import fetch_order
+
+from consumers.fetch_order import FetchOrderHandler
+from consumers.http_client import HttpBodyTooLarge, HttpGetClient, HttpUnavailable
+from customer_email.events import OrderFetched
+from pm.broker import free_port
+from pm.steps.handler import PermanentError, TransientError
+
+ORDER = {
+    "order_id": "A-1001",
+    "customer_email": "jane@example.com",
+    "customer_name": "Jane Doe",
+    "carrier": "UPS",
+    "status": "shipped",
+    "shipped_at": "2026-11-16T09:30:00Z",
+    "expected_delivery": "2026-11-20T18:00:00Z",
+    "total_cents": 5499,
+    "shipping_cost_cents": 899,
+    "currency": "USD",
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive unless a response says otherwise
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _send(self, status: int, body: bytes, **headers: str) -> None:
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name.replace("_", "-"), value)
+        if "Transfer_Encoding" not in headers:
+            self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        server: _Server = self.server  # type: ignore[assignment]
+        server.requests.append((self.path, id(self.connection)))
+        path = self.path.split("?")[0]
+        if path.startswith("/status/"):
+            self._send(int(path.rsplit("/", 1)[1]), b"nope")
+        elif path == "/orders/A-1001":
+            self._send(200, json.dumps(ORDER).encode())
+        elif path == "/orders/garbage":
+            self._send(200, b"<html>not an order</html>")
+        elif path == "/close":
+            self._send(200, b"{}", Connection="close")
+            self.close_connection = True
+        elif path == "/big":
+            self._send(200, b"x" * 5000)
+        elif path == "/chunked-big":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for _ in range(10):
+                self.wfile.write(b"3e8\r\n" + b"y" * 1000 + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif path == "/slow":
+            time.sleep(1.0)
+            self._send(200, b"{}")
+        else:
+            self._send(404, b"not found")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    requests: list[tuple[str, int]]
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    httpd = _Server(("127.0.0.1", free_port()), _Handler)
+    httpd.requests = []
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def _url(server: _Server) -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_requests_share_a_kept_connection_and_a_closing_reply_reopens_it(server: _Server) -> None:
+    client = HttpGetClient(_url(server))
+    replies = [client.get("/orders/A-1001", params={"q": "a b&c"}) for _ in range(3)]
+    assert [r.status for r in replies] == [200, 200, 200] and json.loads(replies[0].body) == ORDER
+    assert server.requests[0][0] == "/orders/A-1001?q=a+b%26c"
+    assert len({conn for _, conn in server.requests}) == 1  # one connection for the three
+    assert client.get("/close").status == 200
+    assert client.get("/orders/A-1001").status == 200
+    assert len({conn for _, conn in server.requests}) == 2  # the server closed it: a new one
+    client.close()
+
+
+def test_a_kept_connection_the_server_dropped_is_replaced_once(server: _Server) -> None:
+    client = HttpGetClient(_url(server))
+    assert client.get("/orders/A-1001").status == 200
+    kept = client._local.connection
+    assert kept is not None and kept.sock is not None
+    kept.sock.shutdown(2)  # as a server that closed an idle connection leaves it: the next send fails
+    assert client.get("/orders/A-1001").status == 200
+    assert len(server.requests) == 2
+    client.close()
+
+
+def test_bodies_over_the_limit_are_refused_without_reading_them_whole(server: _Server) -> None:
+    client = HttpGetClient(_url(server), max_body_bytes=4096)
+    with pytest.raises(HttpBodyTooLarge, match="5000 bytes"):
+        client.get("/big")
+    with pytest.raises(HttpBodyTooLarge, match="over 4096"):
+        client.get("/chunked-big")
+    assert client.get("/orders/A-1001").status == 200  # a fresh connection after the refusals
+
+
+def test_no_answer_is_unavailable(server: _Server) -> None:
+    with pytest.raises(HttpUnavailable, match="(?i)timed? ?out"):
+        HttpGetClient(_url(server), timeout=0.2).get("/slow")
+    with pytest.raises(HttpUnavailable, match="Refused"):
+        HttpGetClient(f"http://127.0.0.1:{free_port()}").get("/orders/A-1001")
+    with pytest.raises(ValueError, match="http"):
+        HttpGetClient("ftp://example.com")
+
+
+def _handle(server: _Server, order_id: str) -> Any:
+    command = fetch_order(order_id)
+    return FetchOrderHandler(_url(server), timeout=2.0).handle(command, datetime.now(UTC))
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [(503, TransientError), (429, TransientError), (400, PermanentError), (302, PermanentError)],
+)
+def test_fetch_order_judges_the_status(server: _Server, status: int, expected: type[Exception]) -> None:
+    handler = FetchOrderHandler(_url(server))
+    reply = handler._get(f"/status/{status}")
+    assert reply.status == status  # a redirect is not followed
+    with pytest.raises(expected):
+        handler._check(reply)
+
+
+def test_fetch_order_refuses_a_body_that_is_not_an_order_and_one_too_large(server: _Server) -> None:
+    with pytest.raises(PermanentError, match="not an order"):
+        _handle(server, "garbage")
+    handler = FetchOrderHandler(_url(server))
+    handler.client.max_body_bytes = 4096
+    with pytest.raises(PermanentError, match="over 4096"):
+        handler._get("/chunked-big")
+
+
+def test_fetch_order_found_and_missing(server: _Server) -> None:
+    found = _handle(server, "A-1001")
+    assert isinstance(found, OrderFetched) and found.payload.found and found.payload.order is not None
+    missing = _handle(server, "A-404")
+    assert isinstance(missing, OrderFetched) and not missing.payload.found
