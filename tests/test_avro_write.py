@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from fastavro import parse_schema, schemaless_writer
+from test_codec import sample_events
 
 from pm import codec
 from pm.avro_write import WriteMismatch, compile_writer
 from pm.codec import CodecError, decode, encode
 from pm.events import JournalEntry, TimerSpec
-from tests.test_codec import sample_events
 
 SCHEMA = parse_schema(
     {
