@@ -60,6 +60,9 @@ class FetchOrderHandler:
                 order = Order.model_validate_json(response.body)
             except ValidationError as exc:
                 raise PermanentError("order service returned something that is not an order", _problems(exc)) from exc
+            if order.order_id.casefold() != order_id.casefold():
+                # Another request's answer (a connection out of step) must never pass as this order.
+                raise TransientError(f"order service answered with order {order.order_id!r} for {order_id!r}")
             found = True
         return result_event(
             command,

@@ -6,13 +6,17 @@ This client does what the step needs and no more: GET with query parameters, a b
 connection kept while the server keeps it, and one retry on a fresh connection when a kept one turns
 out closed (a GET is safe to repeat). No redirects are followed and no proxy settings are read.
 
-Errors: `HttpUnavailable` when no answer came (refused, reset, timed out), `HttpBodyTooLarge` when
-the body is over `max_body_bytes`. Statuses are the caller's to judge.
+Errors: `HttpUnavailable` when no whole answer came (refused, reset, timed out, cut short, garbled),
+`HttpBodyTooLarge` when the body is over `max_body_bytes`. Statuses are the caller's to judge. A kept
+connection is reused only when nothing is waiting on it (stray bytes would be read as the next answer),
+and informational (1xx) replies are stepped over. `timeout` bounds each wait for bytes, not the whole
+request (as httpx's did): a server trickling a body can hold a worker thread that long per byte.
 """
 
 from __future__ import annotations
 
 import http.client
+import select
 import ssl
 import threading
 from dataclasses import dataclass
@@ -41,6 +45,36 @@ class HttpReply:
         return self.body.decode(errors="replace")
 
 
+_MAX_INFORMATIONAL = 10  # 1xx responses before the final one (a server sending them forever is broken)
+
+
+class _FinalResponse(http.client.HTTPResponse):
+    """A response that steps over informational (1xx) replies, as httpx does: `http.client` skips only
+    `100 Continue`, so a `103 Early Hints` became the answer and the real one was left on the connection
+    for the next request (which then read the previous request's answer)."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        skipped = 0
+        while 100 < status < 200:
+            skipped += 1
+            if skipped > _MAX_INFORMATIONAL:
+                raise http.client.HTTPException(f"more than {_MAX_INFORMATIONAL} informational replies")
+            http.client.parse_headers(self.fp)
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+        return version, status, reason
+
+
+def _idle_and_open(connection: http.client.HTTPConnection) -> bool:
+    """A kept connection with nothing waiting on it: stray bytes (a server that sent more than its
+    answer) or an end of stream mean the next answer read from it would not be ours."""
+    sock = connection.sock
+    if sock is None:
+        return True  # closed by a response that ended it: http.client opens a new one on the next request
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable
+
+
 # A kept connection the server has closed meanwhile fails on first use with one of these: the request
 # never reached a live server, so it is sent again once on a new connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
@@ -64,6 +98,9 @@ class HttpGetClient:
     def get(self, path: str, params: dict[str, str] | None = None) -> HttpReply:
         target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
+        if connection is not None and not _idle_and_open(connection):
+            self._drop()
+            connection = None
         if connection is not None:
             try:
                 return self._exchange(connection, target)
@@ -84,8 +121,8 @@ class HttpGetClient:
         try:
             connection.request("GET", target, headers={"Accept": "application/json"})
             response = connection.getresponse()
-            declared = response.getheader("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            declared = response.length  # Content-Length as http.client parsed it (None: not given or bad)
+            if declared is not None and declared > self.max_body_bytes:
                 self._drop()
                 raise HttpBodyTooLarge(f"a body of {declared} bytes (the limit is {self.max_body_bytes})")
             # Read to the end (the connection then carries the next request), never past the limit.
@@ -100,14 +137,19 @@ class HttpGetClient:
                 if total > self.max_body_bytes:
                     self._drop()
                     raise HttpBodyTooLarge(f"a body over {self.max_body_bytes} bytes")
+            if response.length:  # the connection ended before the declared length: not the whole body
+                self._drop()
+                raise HttpUnavailable(f"the body ended after {total} bytes, {response.length} short")
             # A response that closes its connection (HTTP/1.0, `Connection: close`) leaves it to reopen
             # on the next request (http.client's auto_open).
             return HttpReply(response.status, b"".join(chunks))
-        except (TimeoutError, ConnectionRefusedError, http.client.IncompleteRead) as exc:
+        except (TimeoutError, ConnectionRefusedError, http.client.IncompleteRead, ValueError) as exc:
+            self._drop()
             raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(exc, _STALE):
                 raise
+            self._drop()
             raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -118,6 +160,7 @@ class HttpGetClient:
             )
         else:
             connection = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        connection.response_class = _FinalResponse
         self._local.connection = connection
         with self._open_lock:
             self._open.add(connection)

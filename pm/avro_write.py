@@ -62,7 +62,8 @@ class _Compiler(SchemaCode):
 
     def long(self, depth: int, value: str, kind: str) -> None:
         low, high = _INT_RANGE[kind]
-        self.emit(depth, f"if type({value}) is not int and not isinstance({value}, int):")
+        # A bool is an int to Python; fastavro refuses one in an `X | None` long: leave bools to it.
+        self.emit(depth, f"if type({value}) is not int and (type({value}) is bool or not isinstance({value}, int)):")
         self.emit(depth + 1, f"raise WriteMismatch(f'{kind}: {{type({value}).__name__}}')")
         self.emit(depth, f"if 0 <= {value} < 64:")
         self.emit(depth + 1, f"out.append({value} << 1)")
