@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,3 +41,12 @@ def topics(config: Config) -> Config:
     """`config` with every topic of topics.yaml created under its prefix."""
     apply_topics(config)
     return config
+
+
+@pytest.fixture(autouse=True)
+def _close_open_readers() -> Iterator[None]:
+    """After each test, the `consumer_kit.Reader`s it left open (if the module is in use at all)."""
+    yield
+    kit = sys.modules.get("consumer_kit")
+    if kit is not None:
+        kit.close_open_readers()

@@ -110,6 +110,16 @@ def produce_raw(config: Config, topic: str, key: bytes, value: bytes) -> None:
     assert producer.flush(10) == 0
 
 
+_OPEN_READERS: list[Reader] = []
+
+
+def close_open_readers() -> None:
+    """Close every Reader a test left open (conftest, after each test): an open consumer kept
+    reconnecting to the session's broker after it stopped."""
+    for reader in list(_OPEN_READERS):
+        reader.close()
+
+
 class Reader:
     """Reads a topic from the start in its own group; `take(n)` returns n decoded events (raw kept too)."""
 
@@ -117,6 +127,7 @@ class Reader:
         self.consumer = make_consumer(config, "test-reader", f"reader-{uuid.uuid4().hex[:8]}")
         self.consumer.subscribe([config.topic(topic)])
         self.raw: list[Any] = []
+        _OPEN_READERS.append(self)
 
     def take(self, n: int, timeout: float = 20.0) -> list[Event]:
         deadline = time.monotonic() + timeout
@@ -131,7 +142,9 @@ class Reader:
         return [decode(m.value()) for m in got]
 
     def close(self) -> None:
-        self.consumer.close()
+        if self in _OPEN_READERS:
+            _OPEN_READERS.remove(self)
+            self.consumer.close()
 
 
 @contextmanager
