@@ -9,16 +9,19 @@ out closed (a GET is safe to repeat). No redirects are followed and no proxy set
 Errors: `HttpUnavailable` when no whole answer came (refused, reset, timed out, cut short, garbled),
 `HttpBodyTooLarge` when the body is over `max_body_bytes`. Statuses are the caller's to judge. A kept
 connection is reused only when nothing is waiting on it (stray bytes would be read as the next answer),
-and informational (1xx) replies are stepped over. `timeout` bounds each wait for bytes, not the whole
-request (as httpx's did): a server trickling a body can hold a worker thread that long per byte.
+and informational (1xx) replies are stepped over. `timeout` bounds each wait for bytes and `deadline`
+the whole request (a server trickling its answer a byte per wait cannot hold a worker thread).
 """
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import select
+import socket
 import ssl
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
@@ -75,6 +78,57 @@ def _idle_and_open(connection: http.client.HTTPConnection) -> bool:
     return not readable
 
 
+class _Deadlines:
+    """One daemon thread that ends requests past their deadline: it shuts their socket down, so the
+    read blocked on it returns. `timeout` alone bounds each wait for bytes: a server trickling a byte
+    per wait would hold a worker thread for as long as it likes."""
+
+    TICK = 0.25  # seconds between checks: a deadline is kept to within this
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, http.client.HTTPConnection]] = {}
+        self._expired: set[int] = set()
+        self._last = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, connection: http.client.HTTPConnection, seconds: float) -> int:
+        with self._lock:
+            self._last += 1
+            self._watched[self._last] = (time.monotonic() + seconds, connection)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread.start()
+            return self._last
+
+    def release(self, token: int) -> bool:
+        """Stop watching; True when the deadline passed first (the socket was shut down)."""
+        with self._lock:
+            self._watched.pop(token, None)
+            if token in self._expired:
+                self._expired.discard(token)
+                return True
+            return False
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                late = [(token, conn) for token, (until, conn) in self._watched.items() if until <= now]
+                for token, _ in late:
+                    del self._watched[token]
+                    self._expired.add(token)
+            for _, conn in late:
+                sock = conn.sock
+                if sock is not None:
+                    with contextlib.suppress(OSError):  # closed meanwhile
+                        sock.shutdown(socket.SHUT_RDWR)
+
+
+_DEADLINES = _Deadlines()
+
+
 # A kept connection the server has closed meanwhile fails on first use with one of these: the request
 # never reached a live server, so it is sent again once on a new connection.
 _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, http.client.CannotSendRequest)
@@ -83,13 +137,22 @@ _STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError,
 class HttpGetClient:
     """GETs against `base_url` (http or https), thread-safe: each thread keeps its own connection."""
 
-    def __init__(self, base_url: str, timeout: float = 5.0, *, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 5.0,
+        *,
+        max_body_bytes: int = MAX_BODY_BYTES,
+        deadline: float | None = None,
+    ) -> None:
+        """`timeout`: the longest wait for bytes; `deadline`: for a whole request (default 3 x timeout)."""
         parts = urlsplit(base_url.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"expected an http:// or https:// URL with a host, got {base_url!r}")
         self.scheme, self.host, self.port = parts.scheme, parts.hostname, parts.port
         self.prefix = parts.path
         self.timeout = timeout
+        self.deadline = deadline if deadline is not None else 3 * timeout
         self.max_body_bytes = max_body_bytes
         self._local = threading.local()
         self._open: set[http.client.HTTPConnection] = set()
@@ -118,6 +181,20 @@ class HttpGetClient:
             raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _exchange(self, connection: http.client.HTTPConnection, target: str) -> HttpReply:
+        token = _DEADLINES.watch(connection, self.deadline)
+        try:
+            reply = self._exchange_within(connection, target)
+        except BaseException:
+            if _DEADLINES.release(token):
+                self._drop()
+                raise HttpUnavailable(f"no whole answer within {self.deadline:g} s") from None
+            raise
+        if _DEADLINES.release(token):  # shut down as it finished: what was read may be cut
+            self._drop()
+            raise HttpUnavailable(f"no whole answer within {self.deadline:g} s")
+        return reply
+
+    def _exchange_within(self, connection: http.client.HTTPConnection, target: str) -> HttpReply:
         try:
             connection.request("GET", target, headers={"Accept": "application/json"})
             response = connection.getresponse()

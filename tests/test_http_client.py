@@ -90,6 +90,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif path == "/orders/B-1":  # another order than the one asked for
             self._send(200, json.dumps(ORDER).encode())
+        elif path == "/trickle":  # a byte per 0.1 s: every wait short, the whole answer ~20 s
+            self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 200\r\n\r\n")
+            try:
+                for _ in range(200):
+                    self.wfile.write(b"t")
+                    self.wfile.flush()
+                    time.sleep(0.1)
+            except OSError:
+                pass  # the client gave up
         elif path == "/slow":
             time.sleep(1.0)
             self._send(200, b"{}")
@@ -174,6 +183,15 @@ def test_an_odd_length_is_read_to_the_close_and_a_cut_short_answer_is_unavailabl
     with pytest.raises(HttpUnavailable, match="70 short"):
         client.get("/cut-short")
     assert client.get("/orders/A-1001").status == 200
+
+
+def test_a_trickling_answer_ends_at_the_requests_deadline(server: _Server) -> None:
+    client = HttpGetClient(_url(server), timeout=0.5, deadline=1.0)
+    started = time.monotonic()
+    with pytest.raises(HttpUnavailable, match="no whole answer within 1 s"):
+        client.get("/trickle")
+    assert time.monotonic() - started < 10  # the trickle alone takes 20 s
+    assert client.get("/orders/A-1001").status == 200  # a fresh connection afterwards
 
 
 def test_no_answer_is_unavailable(server: _Server) -> None:
