@@ -160,24 +160,19 @@ class HttpGetClient:
 
     def get(self, path: str, params: dict[str, str] | None = None) -> HttpReply:
         target = self.prefix + path + (f"?{urlencode(params)}" if params else "")
+        # Every failure below drops the connection it met, except a stale one (the retry's cue).
         connection: http.client.HTTPConnection | None = getattr(self._local, "connection", None)
-        if connection is not None and not _idle_and_open(connection):
-            self._drop()
-            connection = None
         if connection is not None:
-            try:
-                return self._exchange(connection, target)
-            except _STALE:
-                self._drop()
-            except HttpUnavailable:
-                self._drop()
-                raise
+            if _idle_and_open(connection):
+                try:
+                    return self._exchange(connection, target)
+                except _STALE:
+                    pass  # closed by the server while kept: once more on a new connection
+            self._drop()
         try:
             return self._exchange(self._connection(), target)
-        except (*_STALE, HttpUnavailable) as exc:
+        except _STALE as exc:
             self._drop()
-            if isinstance(exc, HttpUnavailable):
-                raise
             raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _exchange(self, connection: http.client.HTTPConnection, target: str) -> HttpReply:
@@ -220,10 +215,7 @@ class HttpGetClient:
             # A response that closes its connection (HTTP/1.0, `Connection: close`) leaves it to reopen
             # on the next request (http.client's auto_open).
             return HttpReply(response.status, b"".join(chunks))
-        except (TimeoutError, ConnectionRefusedError, http.client.IncompleteRead, ValueError) as exc:
-            self._drop()
-            raise HttpUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, http.client.HTTPException, ValueError) as exc:  # timeouts, refusals, garbled replies
             if isinstance(exc, _STALE):
                 raise
             self._drop()
