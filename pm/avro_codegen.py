@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SchemaCode"]
+__all__ = ["MAX_DEPTH", "SchemaCode", "Unsupported"]
+
+MAX_DEPTH = 32  # nesting inlined at most (a recursive schema is refused)
+
+
+class Unsupported(Exception):
+    """A schema the generated code does not cover: the caller reads or writes it with fastavro."""
 
 
 class SchemaCode:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from pm.avro_codegen import SchemaCode
+from pm.avro_codegen import MAX_DEPTH, SchemaCode, Unsupported
 
 __all__ = ["ScanError", "Scanner", "compile_scanner"]
 
@@ -25,10 +25,6 @@ _FIXED_SIZE = {"null": 0, "boolean": 1, "float": 4, "double": 8}
 
 class ScanError(ValueError):
     """The body does not hold what its schema says (truncated, overlong, a bad length or branch)."""
-
-
-class _Unsupported(Exception):
-    pass
 
 
 def _long(data: bytes, pos: int) -> tuple[int, int]:
@@ -46,9 +42,6 @@ def _long(data: bytes, pos: int) -> tuple[int, int]:
         shift += 7
         if shift > 63:
             raise ScanError("a varint longer than 10 bytes")
-
-
-_MAX_DEPTH = 32  # nesting inlined at most (a recursive schema is refused)
 
 
 class _Compiler(SchemaCode):
@@ -90,15 +83,15 @@ class _Compiler(SchemaCode):
 
     def step(self, schema: Any, depth: int, level: int, path: str | None = None, wanted: Any = None) -> None:
         """Code stepping over one value of `schema`; reading it into found[path] when `path` is given."""
-        if level > _MAX_DEPTH:
-            raise _Unsupported("nesting deeper than the scanner inlines (a recursive schema?)")
+        if level > MAX_DEPTH:
+            raise Unsupported("nesting deeper than the scanner inlines (a recursive schema?)")
         schema = self.resolve(schema)
         kind = self.kind(schema)
         if kind == "record":
             self.record(schema, wanted if isinstance(wanted, dict) else {}, depth, level, f"{path}." if path else "")
             return
         if isinstance(wanted, dict):
-            raise _Unsupported(f"{path} is not a record")
+            raise Unsupported(f"{path} is not a record")
         if kind == "union":
             index = self.fresh("u")
             self.varint(depth, index)
@@ -126,7 +119,7 @@ class _Compiler(SchemaCode):
         elif kind in ("array", "map"):
             self.blocks(schema, kind, depth, level)
         else:
-            raise _Unsupported(f"type {kind!r}")
+            raise Unsupported(f"type {kind!r}")
 
     def read(self, schema: Any, kind: str, depth: int, target: str) -> None:
         """Code putting the value at `pos` in `target`: a string, bytes, an int, None (a null branch),
@@ -144,7 +137,7 @@ class _Compiler(SchemaCode):
             item = self.resolve(schema["items"])
             item_kind = self.kind(item)
             if item_kind not in ("string", "bytes", "int", "long"):
-                raise _Unsupported(f"reading an array of {item_kind!r}")
+                raise Unsupported(f"reading an array of {item_kind!r}")
             items = self.fresh("items")
             self.emit(depth, f"{items} = []")
             self.block_loop(depth, step_over_sized=False)
@@ -152,7 +145,7 @@ class _Compiler(SchemaCode):
             self.emit(depth + 2, f"{items}.append(v)")
             self.emit(depth, f"{target} = {items}")
         else:
-            raise _Unsupported(f"reading a field of type {kind!r}")
+            raise Unsupported(f"reading a field of type {kind!r}")
 
     def block_loop(self, depth: int, *, step_over_sized: bool) -> None:
         """The loop over an array's or map's blocks, up to `for _ in range(count):` (its body at depth + 2).
@@ -178,7 +171,7 @@ class _Compiler(SchemaCode):
     def blocks(self, schema: Mapping[str, Any], kind: str, depth: int, level: int) -> None:
         item = schema["items"] if kind == "array" else schema["values"]
         if kind == "array" and self.may_be_empty(item):
-            raise _Unsupported("an array of items that may take no bytes (its count is unbounded)")
+            raise Unsupported("an array of items that may take no bytes (its count is unbounded)")
         self.block_loop(depth, step_over_sized=True)
         before = len(self.lines)
         if kind == "map":
@@ -189,7 +182,7 @@ class _Compiler(SchemaCode):
 
     def may_be_empty(self, schema: Any, level: int = 0) -> bool:
         schema = self.resolve(schema)
-        if schema == "null" or level > _MAX_DEPTH:
+        if schema == "null" or level > MAX_DEPTH:
             return True
         if isinstance(schema, list):
             return any(self.may_be_empty(branch, level + 1) for branch in schema)
@@ -200,7 +193,7 @@ class _Compiler(SchemaCode):
     def record(self, schema: Mapping[str, Any], wanted: Mapping[str, Any], depth: int, level: int, prefix: str) -> None:
         names = {field["name"] for field in schema["fields"]}
         if set(wanted) - names:
-            raise _Unsupported(f"no field {sorted(set(wanted) - names)} in {schema.get('name')}")
+            raise Unsupported(f"no field {sorted(set(wanted) - names)} in {schema.get('name')}")
         for field in schema["fields"]:
             inner = wanted.get(field["name"])
             path = f"{prefix}{field['name']}" if inner is not None else None
@@ -255,5 +248,5 @@ def compile_scanner(parsed_schema: Mapping[str, Any], paths: Collection[str]) ->
     compiler = _Compiler(parsed_schema.get("__named_schemas", {}))
     try:
         return Scanner(compiler.function(parsed_schema, _tree(paths)))
-    except _Unsupported:
+    except Unsupported:
         return None

@@ -23,21 +23,16 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from pm.avro_codegen import SchemaCode
+from pm.avro_codegen import MAX_DEPTH, SchemaCode, Unsupported
 
 __all__ = ["WriteMismatch", "Writer", "compile_writer"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _INT_RANGE = {"int": (-(2**31), 2**31), "long": (-(2**63), 2**63)}
-_MAX_DEPTH = 32
 
 
 class WriteMismatch(ValueError):
     """A value the compiled writer does not take as is (encode the event the general way)."""
-
-
-class _Unsupported(Exception):
-    pass
 
 
 def _varint(out: bytearray, value: int) -> None:
@@ -89,8 +84,8 @@ class _Compiler(SchemaCode):
 
     def value(self, schema: Any, depth: int, level: int, value: str) -> None:
         """Code appending `value` (a Python expression naming a local) as `schema`."""
-        if level > _MAX_DEPTH:
-            raise _Unsupported("nesting deeper than the writer inlines (a recursive schema?)")
+        if level > MAX_DEPTH:
+            raise Unsupported("nesting deeper than the writer inlines (a recursive schema?)")
         schema = self.resolve(schema)
         if isinstance(schema, list):
             self.union(schema, depth, level, value)
@@ -103,7 +98,7 @@ class _Compiler(SchemaCode):
             self.emit(depth, f"{value} = _millis({value})")
             self.long(depth, value, "long")
         elif logical is not None:
-            raise _Unsupported(f"logical type {logical!r}")
+            raise Unsupported(f"logical type {logical!r}")
         elif kind == "string":
             self.emit(depth, f"if not isinstance({value}, str):")
             self.emit(depth + 1, f"raise WriteMismatch(f'string: {{type({value}).__name__}}')")
@@ -132,11 +127,11 @@ class _Compiler(SchemaCode):
         elif kind == "array":
             self.array(schema, depth, level, value)
         else:
-            raise _Unsupported(f"type {kind!r}")
+            raise Unsupported(f"type {kind!r}")
 
     def union(self, schema: list[Any], depth: int, level: int, value: str) -> None:
         if len(schema) != 2 or "null" not in schema:
-            raise _Unsupported("a union other than X | None")
+            raise Unsupported("a union other than X | None")
         null_index = schema.index("null")
         other = schema[1 - null_index]
         self.emit(depth, f"if {value} is None:")
@@ -161,7 +156,7 @@ class _Compiler(SchemaCode):
         for field in schema["fields"]:
             name = field["name"]
             if not name.isidentifier():
-                raise _Unsupported(f"field name {name!r}")
+                raise Unsupported(f"field name {name!r}")
             local = self.fresh("v")
             access = f"getattr({value}, {name!r})" if keyword.iskeyword(name) else f"{value}.{name}"
             self.emit(depth, f"{local} = {access}")
@@ -204,5 +199,5 @@ def compile_writer(parsed_schema: Mapping[str, Any]) -> Writer | None:
     compiler = _Compiler(parsed_schema.get("__named_schemas", {}))
     try:
         return Writer(compiler.function(parsed_schema))
-    except _Unsupported:
+    except Unsupported:
         return None
