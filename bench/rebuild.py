@@ -39,6 +39,8 @@ __all__ = ["run", "raw_consume", "rebuild_store", "ENTRIES_PER_PROCESS"]
 
 ENTRIES_PER_PROCESS = 6
 _REBUILT = re.compile(r"rebuilt partition (\d+) from the journal: (\d+) entries in ([\d.]+)s")
+# With worker processes the partitions fold side by side: the whole rebuild's line, wall time.
+_REBUILT_ALL = re.compile(r"rebuilt \d+ partitions with \d+ in worker processes: (\d+) journal entries in ([\d.]+)s")
 
 
 def raw_consume(config: Config, topic: str) -> tuple[int, float]:
@@ -84,6 +86,9 @@ def rebuild_store(config: Config, *, timeout: float = 3600.0) -> tuple[int, floa
         wall = time.perf_counter() - started
     finally:
         manager.close()
+    whole = _REBUILT_ALL.search(log.getvalue())
+    if whole is not None:
+        return int(whole[1]), float(whole[2]), wall
     folded = [(int(m[1]), float(m[2])) for m in _REBUILT.findall(log.getvalue())]
     return sum(n for n, _ in folded), sum(s for _, s in folded), wall
 

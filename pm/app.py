@@ -40,6 +40,7 @@ __all__ = [
     "StepSpec",
     "CORE_INPUT_TOPICS",
     "APPS_GROUP",
+    "app_spec",
     "load_app",
     "resolve",
 ]
@@ -259,9 +260,14 @@ def _default_app() -> str:
     raise AppError("no app configured: pass --app module:attr, or set PM_APP or `app:` in the config file")
 
 
+def app_spec(target: str | None = None) -> str:
+    """The `module:attr` that `load_app(target)` loads."""
+    return target or os.environ.get("PM_APP") or _default_app()
+
+
 def load_app(target: str | None = None) -> App:
     """The app at `target` (`module:attr`), else `PM_APP`, else the installed default app."""
-    spec = target or os.environ.get("PM_APP") or _default_app()
+    spec = app_spec(target)
     value = resolve(spec)
     if callable(value) and not isinstance(value, App):
         value = value()  # a factory: `module:make_app`

@@ -66,6 +66,9 @@ class Config:
     # "all" or a list like "0-2,5" = this instance takes exactly those, without a group join (a
     # restart resumes at once; two instances must never be given overlapping lists).
     partitions: str = ""
+    # Worker processes that rebuild large empty stores beside the PM (`pm.runtime.rebuild`):
+    # -1 = one per core but one, 0 = the PM folds every partition itself.
+    rebuild_workers: int = -1
 
     def setting(self, name: str, default: str = "") -> str:
         """An app setting (`settings:` in the config file, or PM_<NAME>), else `default`."""
@@ -154,6 +157,7 @@ _ENV_FIELDS: dict[str, str] = {
     "PM_BROKER_KIND": "broker_kind",
     "PM_MAX_RECORD_BYTES": "max_record_bytes",
     "PM_PARTITIONS": "partitions",
+    "PM_REBUILD_WORKERS": "rebuild_workers",
 }
 
 

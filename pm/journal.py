@@ -189,6 +189,8 @@ class JournalReader:
         consumer, topic = self._consumer, self.topic
         if consumer is None:
             raise JournalError(f"reading {topic}: this reader was closed")
+        # One partition read (a catch-up): every record's partition is known, no call per record for it.
+        single = self.partitions[0] if len(self.partitions) == 1 else None
         try:
             pending = set(self.partitions)
             idle_since = time.monotonic()
@@ -198,7 +200,9 @@ class JournalReader:
                 messages = consumer.consume(num_messages=1000, timeout=0)
                 if not messages:
                     first = consumer.poll(0.2)
-                    messages = [] if first is None else [first, *consumer.consume(num_messages=999, timeout=0)]
+                    messages = (
+                        [] if first is None else [first, *consumer.consume(num_messages=999, timeout=0)]
+                    )
                 if not messages:
                     if time.monotonic() - idle_since > self.idle_timeout:
                         raise JournalIdle(
@@ -208,22 +212,21 @@ class JournalReader:
                     continue
                 idle_since = time.monotonic()
                 batch: list[RawJournalRecord] = []
-                record = tuple.__new__  # RawJournalRecord(...) without its Python-level __new__: ~0.5 us a record
+                append = batch.append
+                record = (
+                    tuple.__new__
+                )  # RawJournalRecord(...) without its Python-level __new__: ~0.5 us a record
                 for message in messages:
                     error = message.error()
-                    if error is not None:
+                    if error is not None:  # checked first: an error event's value is its message
                         if error.code() == KafkaError._PARTITION_EOF:
                             pending.discard(message.partition())
                             continue
                         raise JournalError(f"reading {topic}: {error}")
                     value = message.value()
                     if value is not None:
-                        batch.append(
-                            record(
-                                RawJournalRecord,
-                                (message.partition() or 0, message.offset() or 0, message.key(), value),
-                            )
-                        )
+                        partition = message.partition() if single is None else single
+                        append(record(RawJournalRecord, (partition, message.offset(), message.key(), value)))
                 if batch:
                     yield batch
         except KafkaException as exc:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -18,22 +19,23 @@ from typing import Any, TextIO
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pm import telemetry
-from pm.app import App, load_app
+from pm.app import App, app_spec, load_app
 from pm.codec import encode
 from pm.config import Config
 from pm.errors import PmError
 from pm.fold import stuck
 from pm.integrity import shown
-from pm.journal import Verifier
+from pm.journal import JOURNAL_TOPIC, Verifier
 from pm.kafka import make_consumer, make_transactional_producer
 from pm.process import ProcessDefinition
 from pm.registry import Registry
 from pm.runtime.backpressure import Backpressure
 from pm.runtime.checkpoint import Change, Checkpoint, commit_transaction
 from pm.runtime.inputs import InputHandler
+from pm.runtime.rebuild import WORKER_MIN_RECORDS, WorkerFolds, WorkerJob, worker_count
 from pm.runtime.recovery import PartitionRecovery, journal_topic_id
 from pm.runtime.state import ProcessCache, RetryTimes, UnconfirmedOutputs
-from pm.store import PartitionStore, TimerEntry
+from pm.store import PartitionStore, TimerEntry, store_path
 from pm.timers import TimerService, fired_event
 from pm.topics import check_topics, load_layout
 
@@ -74,6 +76,8 @@ class ProcessManager:
     ) -> None:
         self.config = config
         self.app = app if app is not None else load_app(config.app or None)
+        # A rebuild worker loads the app by name, so only an app loaded by name is rebuilt in workers.
+        self._app_spec = app_spec(config.app or None) if app is None and definitions is None else None
         self.registry = Registry(definitions if definitions is not None else self.app.processes)
         # New processes open from these topics; those with backpressure pause above max_active.
         self._input_topics = self.app.input_topics
@@ -269,21 +273,87 @@ class ProcessManager:
         """Open each partition's store, caught up to the end of its journal partition (`PartitionRecovery`).
 
         One after the other, but the next partition is prepared (store opened, its journal fetch
-        started) before this one's catch-up: its first records arrive while this one folds.
+        started) before this one's catch-up: its first records arrive while this one folds. Large empty
+        stores are split with worker processes first (`pm.runtime.rebuild`): they fold theirs while the
+        PM folds its own, then the PM opens theirs like any other (caught up from their anchor).
         """
-        recoveries = [self._recovery(partition) for partition in partitions]
+        started = time.monotonic()
+        workers = self._worker_folds(partitions)
+        mine = [p for p in partitions if workers is None or p not in workers.partitions]
+        recoveries = [self._recovery(partition) for partition in mine]
         try:
-            for index, recovery in enumerate(recoveries):
-                recovery.prepare()
-                if index + 1 < len(recoveries):
-                    recoveries[index + 1].prepare()
-                store = recovery.open()
-                self.stores[recovery.partition] = store
-                self.timers.load(recovery.partition, store)  # its due timers in memory from now on
-                self._backpressure.active[recovery.partition] = store.active
+            self._catch_up(recoveries)
+            if workers is not None:
+                results = workers.results()
+                for result in results.values():
+                    self._log.write(result.log)
+                    self._unconfirmed.absorb(result.outputs)
+                recoveries += [self._recovery(partition) for partition in workers.partitions]
+                self._catch_up(recoveries[len(mine) :])
         finally:
+            if workers is not None:
+                workers.close()
             for recovery in recoveries:
                 recovery.close()  # those prepared and never opened (an error stopped the loop)
+        if workers is not None:
+            rebuilt = sum(r.folded for r in recoveries if r.from_scratch) + sum(
+                r.entries for r in results.values()
+            )
+            print(
+                f"pm: rebuilt {len(partitions)} partitions with {len(workers.partitions)} in worker processes: "
+                f"{rebuilt} journal entries in {time.monotonic() - started:.1f}s",
+                file=self._log,
+                flush=True,
+            )
+
+    def _catch_up(self, recoveries: list[PartitionRecovery]) -> None:
+        for index, recovery in enumerate(recoveries):
+            recovery.prepare()
+            if index + 1 < len(recoveries):
+                recoveries[index + 1].prepare()
+            store = recovery.open()
+            self.stores[recovery.partition] = store
+            self.timers.load(recovery.partition, store)  # its due timers in memory from now on
+            self._backpressure.active[recovery.partition] = store.active
+
+    def _worker_folds(self, partitions: list[int]) -> WorkerFolds | None:
+        """Worker processes folding every other large partition whose store is empty; None when not worth it."""
+        if self._app_spec is None or self.config.rebuild_workers == 0:
+            return None
+        large = [
+            p for p in partitions if self._empty_store(p) and self._journal_records(p) >= WORKER_MIN_RECORDS
+        ]
+        count = worker_count(len(large), self.config.rebuild_workers)
+        if count == 0:
+            return None
+        jobs = [
+            WorkerJob(
+                self.config,
+                self._app_spec,
+                partition,
+                self._journal_topic_id,
+                self.rebuild,
+                self.anchor_timeout,
+                self.catch_up_timeout,
+            )
+            # The PM keeps one share of count + 1 (it folds while the workers start); the workers the rest.
+            for index, partition in enumerate(large)
+            if index % (count + 1)
+        ]
+        return WorkerFolds(jobs, count)
+
+    def _empty_store(self, partition: int) -> bool:
+        return PartitionStore.is_empty(store_path(self.config, partition), partition)
+
+    def _journal_records(self, partition: int) -> int:
+        """About how many records the journal partition holds (its watermarks; 0 when unknown)."""
+        try:
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(self.config.topic(JOURNAL_TOPIC), partition), timeout=10
+            )
+        except KafkaException:
+            return 0
+        return max(0, high - max(low, 0))
 
     def _recovery(self, partition: int) -> PartitionRecovery:
         return PartitionRecovery(

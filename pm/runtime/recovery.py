@@ -86,13 +86,32 @@ class WindowFold:
         self.registry = registry
         self.store = store
         self.window = window
-        self.positions: dict[str, list[int]] = {}
         self._entries: dict[int, JournalEntry] = {}
+        # Grouped by the raw key first (a process has several records in a window): one decode per process.
+        by_key: dict[bytes | None, list[int]] = {}
         for index, record in enumerate(window):
-            correlation_id = (
-                record.key.decode() if record.key is not None else self._entry(index).correlation_id
+            indices = by_key.get(record.key)
+            if indices is None:
+                by_key[record.key] = [index]
+            else:
+                indices.append(index)
+        self.positions: dict[str, list[int]] = {}
+        merged: set[str] = set()  # processes met under two keys (a keyless record): sorted back below
+        for key, indices in by_key.items():
+            named = (
+                [(key.decode(), indices)]
+                if key is not None
+                else [(self._entry(i).correlation_id, [i]) for i in indices]
             )
-            self.positions.setdefault(correlation_id, []).append(index)
+            for correlation_id, found in named:
+                known = self.positions.get(correlation_id)
+                if known is None:
+                    self.positions[correlation_id] = found
+                else:
+                    known.extend(found)
+                    merged.add(correlation_id)
+        for correlation_id in merged:
+            self.positions[correlation_id].sort()  # journal order: the last index is the latest entry
 
     def _entry(self, index: int) -> JournalEntry:
         entry = self._entries.get(index)
@@ -262,6 +281,8 @@ class PartitionRecovery:
         self._problem: str | None = None  # why the prepared store does not belong to the journal
         self._reader: JournalReader | None = None  # fetching the catch-up since `prepare`
         self._start = 0  # the offset `_reader` starts at
+        self.folded = 0  # journal records folded by `open`
+        self.from_scratch = False  # whether `open` folded the journal from its start
 
     def prepare(self) -> None:
         """Open the store and check it; start fetching its journal from the store's position.
@@ -408,6 +429,8 @@ class PartitionRecovery:
                 self.unconfirmed.remember(payload)
         except JournalError as exc:
             raise CatchUpError(f"catching up partition {partition}: {exc}") from exc
+        self.folded += folded
+        self.from_scratch = self.from_scratch or from_scratch
         if folded >= TRIM_AFTER_ENTRIES:
             trim_heap()  # the fold's garbage is freed, but glibc keeps the pages: hand them back
         if from_scratch and folded:

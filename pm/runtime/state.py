@@ -117,13 +117,28 @@ class UnconfirmedOutputs:
         outputs = (*payload["commands"], *payload["published"])
         if payload["outcome"] != "applied" or not outputs:
             return
-        position = (str(payload["input_topic"]), int(payload["input_partition"]), int(payload["input_offset"]))
+        position = (
+            str(payload["input_topic"]),
+            int(payload["input_partition"]),
+            int(payload["input_offset"]),
+        )
         self._outputs[position] = outputs
         while len(self._outputs) > self.limit:
             self._outputs.popitem(last=False)
 
     def pop(self, position: Position) -> tuple[bytes, ...]:
         return self._outputs.pop(position, ())
+
+    def items(self) -> list[tuple[Position, tuple[bytes, ...]]]:
+        """What is kept, oldest first (a rebuild worker hands it to its PM: `absorb`)."""
+        return list(self._outputs.items())
+
+    def absorb(self, items: list[tuple[Position, tuple[bytes, ...]]]) -> None:
+        """Keep outputs another process found (`items`), as if remembered here."""
+        for position, outputs in items:
+            self._outputs[position] = outputs
+        while len(self._outputs) > self.limit:
+            self._outputs.popitem(last=False)
 
 
 class RetryTimes:

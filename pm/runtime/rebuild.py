@@ -1,0 +1,175 @@
+"""Stores rebuilt from the journal side by side, in worker processes (a fold is CPU-bound Python).
+
+A PM assigned partitions whose stores are empty (a new machine, a lost disk, `--rebuild`) folds
+each one's journal from its start: ~10 us of Python per entry, so one process folds about 100,000
+entries a second whatever the cores. With more than one core, the large partitions are split: the
+PM folds its share itself while worker processes (`WorkerFolds`) fold the rest, each
+into its own store directory, and hand back what the PM keeps in memory from a catch-up (the outputs
+of the journal's tail, `UnconfirmedOutputs`). The PM then opens those stores the usual way: caught
+up from their anchor, so a worker's store is checked like any other.
+
+Only for an app the PM loaded by name (`module:attr`, `PM_APP` or the default): a worker imports it
+again. A worker dies with its PM (Linux `PR_SET_PDEATHSIG`); a store it leaves half folded holds
+whole windows and its anchor, and the next catch-up goes on from there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+from pm.app import load_app
+from pm.config import Config
+from pm.kafka import make_consumer
+from pm.registry import Registry
+from pm.runtime.recovery import CatchUpError, PartitionRecovery
+from pm.runtime.state import Position, UnconfirmedOutputs
+
+# A partition is folded by a worker from this many journal records (by its watermarks): below it,
+# starting a process (~0.6 s of imports) costs more than the fold it saves.
+WORKER_MIN_RECORDS = 50_000
+# At most this many worker processes, whatever the cores.
+MAX_WORKERS = 8
+
+
+@dataclass
+class WorkerResult:
+    """What a worker's fold of one partition hands back to the PM."""
+
+    partition: int
+    entries: int
+    outputs: list[tuple[Position, tuple[bytes, ...]]] = field(default_factory=list)
+    log: str = ""
+
+
+@dataclass(frozen=True)
+class WorkerJob:
+    """Everything a worker needs to fold one partition (pickled to the worker)."""
+
+    config: Config
+    app_spec: str
+    partition: int
+    journal_topic_id: str | None
+    rebuild: bool
+    anchor_timeout: float
+    catch_up_timeout: float
+
+
+def worker_count(partitions: int, wanted: int = -1) -> int:
+    """Workers for `partitions` large empty stores (the PM folds one share itself): `wanted`, or with -1
+    one per core but the PM's."""
+    if wanted < 0:
+        wanted = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)) - 1
+    return max(0, min(wanted, partitions - 1, MAX_WORKERS))
+
+
+def _die_with_parent(parent: int) -> None:
+    """A worker must not outlive its PM (it would hold a store's lock): SIGKILL when the PM dies."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends with its folds
+        pass
+    if os.getppid() != parent:  # the PM died before the line above ran
+        os._exit(1)
+
+
+def fold_partition(job: WorkerJob) -> WorkerResult:
+    """In a worker: open the partition's store, caught up to the end of its journal partition, and close it."""
+    app = load_app(job.app_spec)
+    unconfirmed = UnconfirmedOutputs()
+    log = io.StringIO()
+    consumer = make_consumer(
+        job.config, "journal-reader", f"{job.config.topic_prefix}pm-rebuild-{os.getpid()}"
+    )
+    try:
+        recovery = PartitionRecovery(
+            job.config,
+            Registry(app.processes),
+            consumer,
+            job.partition,
+            journal_topic_id=job.journal_topic_id,
+            rebuild=job.rebuild,
+            anchor_timeout=job.anchor_timeout,
+            catch_up_timeout=job.catch_up_timeout,
+            unconfirmed=unconfirmed,
+            log=log,
+        )
+        store = recovery.open()
+        store.close()
+    finally:
+        consumer.close()
+    return WorkerResult(job.partition, recovery.folded, unconfirmed.items(), log.getvalue())
+
+
+class WorkerFolds:
+    """Worker processes folding their partitions; `results` waits for them (the PM folds its own meanwhile).
+
+    A worker is a new Python running `main` (not `multiprocessing`, which re-runs the PM's main
+    script in the child: an embedding script without a `__main__` guard cannot take that). Its jobs
+    go in on stdin and its results come out on stdout (pickled: it is the PM's own child, on the PM's
+    `sys.path`, so it imports the same app).
+    """
+
+    def __init__(self, jobs: list[WorkerJob], workers: int) -> None:
+        self.partitions = [job.partition for job in jobs]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        self._workers: list[subprocess.Popen[bytes]] = []
+        try:
+            for share in (jobs[i::workers] for i in range(workers)):
+                worker = subprocess.Popen(
+                    [sys.executable, "-c", "from pm.runtime.rebuild import main; main()", str(os.getpid())],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    env=env,
+                )
+                self._workers.append(worker)
+                assert worker.stdin is not None
+                worker.stdin.write(pickle.dumps(share))
+                worker.stdin.close()
+        except BaseException:
+            self.close()
+            raise
+
+    def results(self) -> dict[int, WorkerResult]:
+        """Each partition's result; `CatchUpError` when a worker failed (its error is on stderr)."""
+        done: dict[int, WorkerResult] = {}
+        try:
+            for worker in self._workers:
+                assert worker.stdout is not None
+                output = worker.stdout.read()
+                code = worker.wait()
+                if code != 0:
+                    raise CatchUpError(
+                        f"a rebuild worker (pid {worker.pid}) exited with {code} (its error is above): a restart goes on from its stores"
+                    )
+                for result in pickle.loads(output):
+                    done[result.partition] = result
+        finally:
+            self.close()
+        return done
+
+    def close(self) -> None:
+        """Stop the workers still running (an error in the PM): their stores keep whole windows."""
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+            if worker.stdout is not None:
+                worker.stdout.close()
+
+
+def main() -> None:
+    """A worker (argument: the PM's pid): fold the pickled jobs on stdin, results pickled on stdout."""
+    _die_with_parent(int(sys.argv[1]))
+    jobs: list[WorkerJob] = pickle.loads(sys.stdin.buffer.read())
+    results = [fold_partition(job) for job in jobs]
+    sys.stdout.buffer.write(pickle.dumps(results))
+    sys.stdout.buffer.flush()
+

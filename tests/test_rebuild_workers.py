@@ -1,0 +1,140 @@
+"""Large empty stores are rebuilt side by side: worker processes fold a share of the partitions.
+
+The stores, timers, active counts and the outputs kept for re-emission must be what the PM alone
+folds; a worker that fails stops the assignment with `CatchUpError` and leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_rebuild_records import _journal
+
+from pm.config import Config
+from pm.runtime import ProcessManager, manager, recovery
+from pm.runtime.rebuild import WorkerFolds, WorkerJob, worker_count
+from pm.store import PartitionStore, list_store_paths, store_path
+
+
+def _rebuild(config: Config, state_dir: Path, workers: int) -> tuple[dict[str, Any], str]:
+    """A PM (its app loaded by name, as `pm run pm` does) rebuilding every store; what they hold, its log."""
+    config = replace(config, state_dir=state_dir, partitions="all", rebuild_workers=workers)
+    log = io.StringIO()
+    pm = ProcessManager(config, max_active=10**9, log=log, catch_up_timeout=60.0)
+    pm.start()
+    try:
+        deadline = time.monotonic() + 120
+        while pm.assignments == 0:
+            assert time.monotonic() < deadline, "the rebuild did not finish"
+            pm.run_once(0.1)
+        unconfirmed = sorted(pm._unconfirmed.items())
+    finally:
+        pm.close()
+    records: dict[str, Any] = {}
+    timers: list[Any] = []
+    active = 0
+    for partition, path in list_store_paths(config):
+        store = PartitionStore(path, partition, read_only=True)
+        try:
+            records.update(store.records())
+            timers.extend(store.timers())
+            active += store.active
+        finally:
+            store.close()
+    held = {
+        "records": records,
+        "timers": sorted(timers, key=lambda t: (t.due_ms, t.timer_id)),
+        "active": active,
+        "unconfirmed": unconfirmed,
+    }
+    return held, log.getvalue()
+
+
+def test_workers_rebuild_what_the_pm_alone_rebuilds(
+    topics: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every other entry without its record: the workers re-decide those (they load the app by name).
+    _journal(topics, 24, lambda n, total: n % 2 == 0)
+    monkeypatch.setattr(manager, "WORKER_MIN_RECORDS", 1)  # every partition is "large"
+    alone, alone_log = _rebuild(topics, tmp_path / "alone", workers=0)
+    together, log = _rebuild(topics, tmp_path / "together", workers=2)
+    assert "in worker processes" not in alone_log
+    assert "with 4 in worker processes" in log, log  # 6 partitions: the PM keeps one share of three
+    assert len(together["records"]) == 24 and together["unconfirmed"]
+    assert together == alone
+
+
+def test_a_worker_that_fails_stops_the_rebuild_with_a_catch_up_error(topics: Config, tmp_path: Path) -> None:
+    config = replace(topics, state_dir=tmp_path)
+    job = WorkerJob(config, "no_such_module:app", 0, None, False, 5.0, 5.0)
+    folds = WorkerFolds([job], 1)
+    with pytest.raises(recovery.CatchUpError, match="exited with 1"):
+        folds.results()
+    assert all(worker.poll() is not None for worker in folds._workers)
+
+
+def test_worker_count_leaves_a_core_to_the_pm_and_a_share_to_fold() -> None:
+    assert worker_count(6, 2) == 2
+    assert worker_count(2, 8) == 1  # the PM folds one of two partitions itself
+    assert worker_count(1, 4) == 0
+    assert worker_count(6, 0) == 0
+    assert 0 <= worker_count(6) <= 5
+
+
+_PARENT = """
+import sys, time
+from pathlib import Path
+from pm.app import app_spec
+from pm.config import Config
+from pm.runtime.rebuild import WorkerFolds, WorkerJob
+# Nothing listens on port 1: the worker's journal read waits for its 60 s idle timeout.
+config = Config(bootstrap="127.0.0.1:1", state_dir=Path(sys.argv[1]))
+folds = WorkerFolds([WorkerJob(config, app_spec(), 0, None, False, 60.0, 60.0)], 1)
+print(folds._workers[0].pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_worker_dies_with_its_pm(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # the worker's (inherited): librdkafka's connection refusals
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        worker = int(parent.stdout.readline())
+        # Until the worker opens its store it may still be starting (and checks its parent then).
+        opened = time.monotonic() + 30
+        while not store_path(Config(state_dir=tmp_path), 0).exists():
+            assert time.monotonic() < opened and _alive(worker), "the worker never opened its store"
+            time.sleep(0.05)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 20
+    try:
+        while _alive(worker):
+            assert time.monotonic() < deadline, f"rebuild worker {worker} outlived its PM"
+            time.sleep(0.05)
+    finally:
+        if _alive(worker):
+            os.kill(worker, signal.SIGKILL)
