@@ -176,19 +176,10 @@ class PartitionStore:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         self._timer_observers: list[TimerObserver] = []
 
-    @classmethod
-    def is_empty(cls, path: Path, partition: int) -> bool:
-        """True when there is no store at `path`, or one that has folded nothing yet (no anchor)."""
-        if not (Path(path) / "CURRENT").exists():
-            return True
-        try:
-            store = cls(path, partition, read_only=True)
-        except StoreError:
-            return False  # opened for real later, where the error is reported
-        try:
-            return store.anchor is None
-        finally:
-            store.close()
+    @staticmethod
+    def exists(path: Path) -> bool:
+        """Whether a store was ever opened at `path` (a file check: no RocksDB open)."""
+        return (Path(path) / "CURRENT").exists()
 
     @property
     def db(self) -> Rdict:

@@ -317,12 +317,13 @@ class ProcessManager:
             self._backpressure.active[recovery.partition] = store.active
 
     def _worker_folds(self, partitions: list[int]) -> WorkerFolds | None:
-        """Worker processes folding every other large partition whose store is empty; None when not worth it."""
+        """Worker processes folding a share of the large partitions without a store yet; None if not worth it."""
         if self._app_spec is None or self.config.rebuild_workers == 0:
             return None
-        large = [
-            p for p in partitions if self._empty_store(p) and self._journal_records(p) >= WORKER_MIN_RECORDS
-        ]
+        # Only stores not there at all (a file check: a restart on its stores pays nothing more); one
+        # left half folded by a killed rebuild is caught up by the PM from its anchor.
+        missing = [p for p in partitions if not PartitionStore.exists(store_path(self.config, p))]
+        large = [p for p in missing if self._journal_records(p) >= WORKER_MIN_RECORDS]
         count = worker_count(len(large), self.config.rebuild_workers)
         if count == 0:
             return None
@@ -341,9 +342,6 @@ class ProcessManager:
             if index % (count + 1)
         ]
         return WorkerFolds(jobs, count)
-
-    def _empty_store(self, partition: int) -> bool:
-        return PartitionStore.is_empty(store_path(self.config, partition), partition)
 
     def _journal_records(self, partition: int) -> int:
         """About how many records the journal partition holds (its watermarks; 0 when unknown)."""

@@ -1,6 +1,6 @@
 """Stores rebuilt from the journal side by side, in worker processes (a fold is CPU-bound Python).
 
-A PM assigned partitions whose stores are empty (a new machine, a lost disk, `--rebuild`) folds
+A PM assigned partitions that have no store (a new machine, a lost or deleted state dir) folds
 each one's journal from its start: ~10 us of Python per entry, so one process folds about 100,000
 entries a second whatever the cores. With more than one core, the large partitions are split: the
 PM folds its share itself while worker processes (`WorkerFolds`) fold the rest, each
@@ -62,7 +62,7 @@ class WorkerJob:
 
 
 def worker_count(partitions: int, wanted: int = -1) -> int:
-    """Workers for `partitions` large empty stores (the PM folds one share itself): `wanted`, or with -1
+    """Workers for `partitions` large missing stores (the PM folds one share itself): `wanted`, or with -1
     one per core but the PM's."""
     if wanted < 0:
         wanted = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)) - 1
