@@ -66,7 +66,8 @@ def test_workers_rebuild_what_the_pm_alone_rebuilds(
     _journal(topics, 24, lambda n, total: n % 2 == 0)
     monkeypatch.setattr(manager, "WORKER_MIN_RECORDS", 1)  # every partition is "large"
     alone, alone_log = _rebuild(topics, tmp_path / "alone", workers=0)
-    together, log = _rebuild(topics, tmp_path / "together", workers=2)
+    # The app's module prints on stdout when imported, in the workers too (their results' channel).
+    together, log = _rebuild(replace(topics, app="noisy_app:app"), tmp_path / "together", workers=2)
     assert "in worker processes" not in alone_log
     assert "with 4 in worker processes" in log, log  # 6 partitions: the PM keeps one share of three
     assert len(together["records"]) == 24 and together["unconfirmed"]

@@ -65,7 +65,9 @@ def worker_count(partitions: int, wanted: int = -1) -> int:
     """Workers for `partitions` large missing stores (the PM folds one share itself): `wanted`, or with -1
     one per core but the PM's."""
     if wanted < 0:
-        wanted = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)) - 1
+        wanted = (
+            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        ) - 1
     return max(0, min(wanted, partitions - 1, MAX_WORKERS))
 
 
@@ -149,7 +151,13 @@ class WorkerFolds:
                     raise CatchUpError(
                         f"a rebuild worker (pid {worker.pid}) exited with {code} (its error is above): a restart goes on from its stores"
                     )
-                for result in pickle.loads(output):
+                try:
+                    results: list[WorkerResult] = pickle.loads(output)
+                except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+                    raise CatchUpError(
+                        f"a rebuild worker (pid {worker.pid}) answered something else ({exc})"
+                    ) from exc
+                for result in results:
                     done[result.partition] = result
         finally:
             self.close()
@@ -168,8 +176,11 @@ class WorkerFolds:
 def main() -> None:
     """A worker (argument: the PM's pid): fold the pickled jobs on stdin, results pickled on stdout."""
     _die_with_parent(int(sys.argv[1]))
+    # The results' channel is kept apart: anything else writing to stdout (a print in an app's import,
+    # a C library) goes to stderr instead of into the pickle.
+    results_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     jobs: list[WorkerJob] = pickle.loads(sys.stdin.buffer.read())
     results = [fold_partition(job) for job in jobs]
-    sys.stdout.buffer.write(pickle.dumps(results))
-    sys.stdout.buffer.flush()
-
+    results_out.write(pickle.dumps(results))
+    results_out.close()
