@@ -4,6 +4,7 @@ statuses."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -42,6 +43,12 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        # A number per accepted connection (one handler per connection): `id(self.connection)` was reused
+        # by the next socket once the first was freed, so two connections could look like one.
+        self.connection_number = next(self.server.connections)  # type: ignore[attr-defined]
+
     def _send(self, status: int, body: bytes, **headers: str) -> None:
         self.send_response(status)
         for name, value in headers.items():
@@ -53,7 +60,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         server: _Server = self.server  # type: ignore[assignment]
-        server.requests.append((self.path, id(self.connection)))
+        server.requests.append((self.path, self.connection_number))
         path = self.path.split("?")[0]
         if path.startswith("/status/"):
             self._send(int(path.rsplit("/", 1)[1]), b"nope")
@@ -110,6 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     requests: list[tuple[str, int]]
+    connections: Iterator[int]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that refuses a body hangs up mid-write: expected here, not worth a traceback
@@ -119,6 +127,7 @@ class _Server(ThreadingHTTPServer):
 def server() -> Iterator[_Server]:
     httpd = _Server(("127.0.0.1", free_port()), _Handler)
     httpd.requests = []
+    httpd.connections = itertools.count()
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
