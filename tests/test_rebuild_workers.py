@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import pytest
 from test_rebuild_records import _journal
 
 from pm.config import Config
+from pm.journal import JournalReader
 from pm.runtime import ProcessManager, manager, recovery
 from pm.runtime.rebuild import WorkerFolds, WorkerJob, worker_count
 from pm.store import PartitionStore, list_store_paths, store_path
@@ -30,8 +33,8 @@ def _rebuild(config: Config, state_dir: Path, workers: int) -> tuple[dict[str, A
     config = replace(config, state_dir=state_dir, partitions="all", rebuild_workers=workers)
     log = io.StringIO()
     pm = ProcessManager(config, max_active=10**9, log=log, catch_up_timeout=60.0)
-    pm.start()
     try:
+        pm.start()  # with static partitions the stores are opened here
         deadline = time.monotonic() + 120
         while pm.assignments == 0:
             assert time.monotonic() < deadline, "the rebuild did not finish"
@@ -69,7 +72,17 @@ def test_workers_rebuild_what_the_pm_alone_rebuilds(
     # The app's module prints on stdout when imported, in the workers too (their results' channel).
     together, log = _rebuild(replace(topics, app="noisy_app:app"), tmp_path / "together", workers=2)
     assert "in worker processes" not in alone_log
-    assert "with 4 in worker processes" in log, log  # 6 partitions: the PM keeps one share of three
+    # 6 partitions: the PM keeps one share of three, the workers fold the rest (not the PM after them).
+    folded = re.search(
+        r"rebuilt 6 partitions, 4 in worker processes: (\d+) journal entries \((\d+) by the workers\)", log
+    )
+    assert folded is not None, log
+    by_workers = sum(
+        int(n)
+        for p, n in re.findall(r"rebuilt partition (\d+) from the journal: (\d+) entries", log)
+        if int(p) % 3
+    )
+    assert 0 < by_workers == int(folded[2]) < int(folded[1])
     assert len(together["records"]) == 24 and together["unconfirmed"]
     assert together == alone
 
@@ -139,3 +152,40 @@ def test_a_worker_dies_with_its_pm(tmp_path: Path) -> None:
     finally:
         if _alive(worker):
             os.kill(worker, signal.SIGKILL)
+
+
+def test_a_rebuild_stopped_halfway_goes_on_from_its_store(
+    topics: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fold stopped after some windows (a kill, a worker killed with its sibling's failure) leaves a store
+    the next start takes as this journal's and finishes, not one refused as foreign."""
+    _journal(topics, 12, lambda n, total: True)
+    alone, _ = _rebuild(topics, tmp_path / "alone", workers=0)
+    monkeypatch.setattr(recovery, "FOLD_WINDOW", 2)
+    real_batches = JournalReader.batches
+
+    def small_batches(reader: JournalReader) -> Iterator[list[Any]]:  # a window per two records
+        for batch in real_batches(reader):
+            yield from (batch[i : i + 2] for i in range(0, len(batch), 2))
+
+    monkeypatch.setattr(JournalReader, "batches", small_batches)
+    writes: dict[Path, int] = {}
+    real_write = PartitionStore.write
+
+    def stop_at_a_second_window(store: PartitionStore, change: Any) -> None:
+        writes[store.path] = writes.get(store.path, 0) + 1
+        if writes[store.path] == 2:  # one window folded into this store, its anchor written
+            raise RuntimeError("stopped halfway")
+        real_write(store, change)
+
+    monkeypatch.setattr(PartitionStore, "write", stop_at_a_second_window)
+    with pytest.raises(RuntimeError, match="stopped halfway"):
+        _rebuild(topics, tmp_path / "halfway", workers=0)
+    monkeypatch.setattr(PartitionStore, "write", real_write)
+    assert [path for path, count in writes.items() if count == 2]  # a store was left with one window folded
+    finished, _ = _rebuild(topics, tmp_path / "halfway", workers=0)
+    # The store as a whole rebuild makes it (outputs kept for re-emission: only those after the anchor,
+    # as on any restart on a store).
+    assert {k: v for k, v in finished.items() if k != "unconfirmed"} == {
+        k: v for k, v in alone.items() if k != "unconfirmed"
+    }

@@ -32,7 +32,7 @@ from pm.registry import Registry
 from pm.runtime.backpressure import Backpressure
 from pm.runtime.checkpoint import Change, Checkpoint, commit_transaction
 from pm.runtime.inputs import InputHandler
-from pm.runtime.rebuild import WORKER_MIN_RECORDS, WorkerFolds, WorkerJob, worker_count
+from pm.runtime.rebuild import WORKER_MIN_RECORDS, WorkerFolds, WorkerJob, WorkerResult, worker_count
 from pm.runtime.recovery import PartitionRecovery, journal_topic_id
 from pm.runtime.state import ProcessCache, RetryTimes, UnconfirmedOutputs
 from pm.store import PartitionStore, TimerEntry, store_path
@@ -280,8 +280,10 @@ class ProcessManager:
         started = time.monotonic()
         workers = self._worker_folds(partitions)
         mine = [p for p in partitions if workers is None or p not in workers.partitions]
-        recoveries = [self._recovery(partition) for partition in mine]
+        recoveries: list[PartitionRecovery] = []
+        results: dict[int, WorkerResult] = {}
         try:
+            recoveries += [self._recovery(partition) for partition in mine]
             self._catch_up(recoveries)
             if workers is not None:
                 results = workers.results()
@@ -296,12 +298,12 @@ class ProcessManager:
             for recovery in recoveries:
                 recovery.close()  # those prepared and never opened (an error stopped the loop)
         if workers is not None:
-            rebuilt = sum(r.folded for r in recoveries if r.from_scratch) + sum(
-                r.entries for r in results.values()
-            )
+            by_pm = [r for r in recoveries if r.from_scratch]
+            by_workers = sum(r.entries for r in results.values())
             print(
-                f"pm: rebuilt {len(partitions)} partitions with {len(workers.partitions)} in worker processes: "
-                f"{rebuilt} journal entries in {time.monotonic() - started:.1f}s",
+                f"pm: rebuilt {len(by_pm) + len(results)} partitions, {len(results)} in worker processes: "
+                f"{sum(r.folded for r in by_pm) + by_workers} journal entries ({by_workers} by the workers) "
+                f"in {time.monotonic() - started:.1f}s",
                 file=self._log,
                 flush=True,
             )
@@ -323,6 +325,8 @@ class ProcessManager:
         # Only stores not there at all (a file check: a restart on its stores pays nothing more); one
         # left half folded by a killed rebuild is caught up by the PM from its anchor.
         missing = [p for p in partitions if not PartitionStore.exists(store_path(self.config, p))]
+        if worker_count(len(missing), self.config.rebuild_workers) == 0:
+            return None  # one CPU, or too few partitions to share: no watermarks asked for
         large = [p for p in missing if self._journal_records(p) >= WORKER_MIN_RECORDS]
         count = worker_count(len(large), self.config.rebuild_workers)
         if count == 0:

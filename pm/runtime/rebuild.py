@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pm.app import load_app
 from pm.config import Config
@@ -61,13 +62,23 @@ class WorkerJob:
     catch_up_timeout: float
 
 
+def _cores() -> float:
+    """The CPUs this process may use: its affinity, capped by a cgroup v2 quota (a container's limit)."""
+    cores = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
 def worker_count(partitions: int, wanted: int = -1) -> int:
     """Workers for `partitions` large missing stores (the PM folds one share itself): `wanted`, or with -1
-    one per core but the PM's."""
+    one per whole CPU but the PM's."""
     if wanted < 0:
-        wanted = (
-            len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        ) - 1
+        wanted = int(_cores()) - 1
     return max(0, min(wanted, partitions - 1, MAX_WORKERS))
 
 
@@ -75,9 +86,12 @@ def _die_with_parent(parent: int) -> None:
     """A worker must not outlive its PM (it would hold a store's lock): SIGKILL when the PM dies."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        libc.prctl(1, ctypes.c_ulong(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):  # not Linux: the worker ends with its folds
         pass
+    # Ctrl-C in the PM's terminal reaches its whole process group: the PM stops after its fold, so must
+    # the worker (its own session is not an option: it would leave the terminal's job control).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:  # the PM died before the line above ran
         os._exit(1)
 
@@ -126,7 +140,14 @@ class WorkerFolds:
         try:
             for share in (jobs[i::workers] for i in range(workers)):
                 worker = subprocess.Popen(
-                    [sys.executable, "-c", "from pm.runtime.rebuild import main; main()", str(os.getpid())],
+                    # -P: not the current directory first on the path, only the PM's own path (PYTHONPATH).
+                    [
+                        sys.executable,
+                        "-P",
+                        "-c",
+                        "from pm.runtime.rebuild import main; main()",
+                        str(os.getpid()),
+                    ],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     env=env,
@@ -153,7 +174,7 @@ class WorkerFolds:
                     )
                 try:
                     results: list[WorkerResult] = pickle.loads(output)
-                except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+                except Exception as exc:  # anything else than our pickle (unpickling raises many kinds)
                     raise CatchUpError(
                         f"a rebuild worker (pid {worker.pid}) answered something else ({exc})"
                     ) from exc

@@ -342,9 +342,13 @@ class PartitionRecovery:
             if self._reader is not None:  # not read (a refused store): release its consumer
                 self._reader.close()
                 self._reader = None
+        self._claim(store)
+        return store
+
+    def _claim(self, store: PartitionStore) -> None:
+        """Record the journal the store is built from (checked on every open: `_identity_problem`)."""
         if store.identity is None:
             store.set_identity({"topic": self.config.topic(JOURNAL_TOPIC), "topic_id": self.journal_topic_id})
-        return store
 
     def _reader_for(self, store: PartitionStore) -> JournalReader:
         """A reader of the journal partition from where the store stands (the anchor, else offset 0)."""
@@ -374,6 +378,10 @@ class PartitionRecovery:
         partition = self.partition
         anchor = store.anchor
         from_scratch = anchor is None
+        if from_scratch:
+            # Before the first window: a fold stopped halfway (a kill, an error) leaves a store that the
+            # next open recognises as this journal's and goes on with from its anchor.
+            self._claim(store)
         # The prepared reader (fetching since `prepare`), else a new one (a store destroyed for a rebuild).
         reader, self._reader = self._reader or self._reader_for(store), None
         start = self._start
