@@ -41,7 +41,7 @@ ENTRIES_PER_PROCESS = 6
 _REBUILT = re.compile(r"rebuilt partition (\d+) from the journal: (\d+) entries in ([\d.]+)s")
 # With worker processes the partitions fold side by side: the whole rebuild's line, wall time.
 _REBUILT_ALL = re.compile(
-    r"rebuilt \d+ partitions, \d+ in worker processes: (\d+) journal entries .* in ([\d.]+)s"
+    r"rebuilt \d+ partitions, \d+ in worker processes: (\d+) journal entries .*? in ([\d.]+)s"
 )
 
 
