@@ -286,8 +286,9 @@ def call_llm(provider: LlmProvider, limiter: RateLimiter | None, request: LlmReq
             completion_tokens=response.completion_tokens,
             latency_ms=latency_ms,
         )
-        span.set_attributes(telemetry.llm_attributes(call))
-        span.set_attribute(telemetry.GEN_AI_RESPONSE_MODEL, response.model)
+        if span.is_recording():  # attributes cost ~10 us to build; without an exporter nobody reads them
+            span.set_attributes(telemetry.llm_attributes(call))
+            span.set_attribute(telemetry.GEN_AI_RESPONSE_MODEL, response.model)
     if limiter is not None:
         limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
     try:

@@ -249,8 +249,17 @@ class StepConsumer:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None  # a result produced alone: sent at once
         self._bulk: Producer | None = None  # results produced while others are in flight: batched
-        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0, "batched": 0}
-        self._stats_lock = threading.Lock()  # workers count too (`_publish`): `+=` on a dict item is not atomic
+        self.stats = {
+            "handled": 0,
+            "republished": 0,
+            "dead_lettered": 0,
+            "abandoned": 0,
+            "pauses": 0,
+            "batched": 0,
+        }
+        self._stats_lock = (
+            threading.Lock()
+        )  # workers count too (`_publish`): `+=` on a dict item is not atomic
 
     @property
     def _paused(self) -> bool:
@@ -277,7 +286,9 @@ class StepConsumer:
             self._bulk = make_producer(self.config, f"{role}-bulk", **{"linger.ms": BULK_LINGER_MS})
             self._consumer = make_consumer(self.config, role, self.group_id)
             self._workers = [
-                threading.Thread(target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True)
+                threading.Thread(
+                    target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True
+                )
                 for lane in lanes
                 for i in range(self.concurrency)
             ]
@@ -406,12 +417,14 @@ class StepConsumer:
         entry = lane.ledger.get(command_id)
         if entry is not None and entry.completed and entry.result is not None:
             # Done before (redelivery, or the PM re-sent it): the same bytes, not a second side effect.
-            with telemetry.tracer().start_as_current_span(
-                f"step {lane.step}",
-                context=telemetry.extract(headers),
-                attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
-            ):
-                result_headers = telemetry.inject([])
+            result_headers: Headers = []
+            if telemetry.tracing():
+                with telemetry.tracer().start_as_current_span(
+                    f"step {lane.step}",
+                    context=telemetry.extract(headers),
+                    attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
+                ):
+                    result_headers = telemetry.inject([])
             self._count("republished")
             self._publish(
                 self.results_topic,
@@ -507,7 +520,9 @@ class StepConsumer:
 
         Batched (`BULK_LINGER_MS`) when the consumer is busy (`BULK_WHEN_IN_FLIGHT`): other results follow soon.
         """
-        bulk = len(self._inflight) >= BULK_WHEN_IN_FLIGHT  # this command counts until the main thread releases it
+        bulk = (
+            len(self._inflight) >= BULK_WHEN_IN_FLIGHT
+        )  # this command counts until the main thread releases it
         if bulk:
             self._count("batched")
         attempts = [0]
@@ -661,6 +676,10 @@ class StepConsumer:
 
     def _run(self, work: _Work) -> None:
         command, step = work.command, work.lane.step
+        if not telemetry.tracing():  # nothing exported: no span, and no attributes built (~30 us a command)
+            work.result, _tries = self._execute(work.lane, command)
+            work.result_headers = []
+            return
         attributes = {
             **telemetry.event_attributes(command),
             **telemetry.record_attributes(f"cmd.{step}"),
@@ -691,13 +710,13 @@ class StepConsumer:
                 result = lane.handler.handle(command, self.clock())
                 if not isinstance(result, Event):  # a handler bug (a path without `return`): never a stall
                     reason = f"the handler returned {type(result).__name__}, not a result event"
-                    return failed_result(command, lane.step, self.clock(), reason=reason, retryable=False), tries
+                    return failed_result(
+                        command, lane.step, self.clock(), reason=reason, retryable=False
+                    ), tries
                 return result, tries
             except TransientError as exc:
                 last = exc
-                log.info(
-                    "step %s: transient error (try %d/%d): %s", lane.step, tries, self.retry.tries, exc
-                )
+                log.info("step %s: transient error (try %d/%d): %s", lane.step, tries, self.retry.tries, exc)
                 if tries >= self.retry.tries:
                     break
                 with self._rng_lock:
@@ -738,9 +757,12 @@ def run_step_consumer(
     options = options or {}
     taken = {option for spec in specs for option in spec.options}
     if set(options) - taken:
-        raise ValueError(f"options {sorted(set(options) - taken)} apply to none of the steps {[s.name for s in specs]}")
+        raise ValueError(
+            f"options {sorted(set(options) - taken)} apply to none of the steps {[s.name for s in specs]}"
+        )
     handlers = [
-        spec.build_handler(config, **{k: v for k, v in options.items() if k in spec.options}) for spec in specs
+        spec.build_handler(config, **{k: v for k, v in options.items() if k in spec.options})
+        for spec in specs
     ]
     consumer = StepConsumer(config, handlers, concurrency=concurrency, retry=retry)
     stop = stop or threading.Event()
