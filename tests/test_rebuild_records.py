@@ -64,7 +64,9 @@ def _journal(config: Config, processes: int, keep_record: Any) -> None:
             if not keep_record(n, len(per_process[i])):
                 entry = decode(value)
                 assert isinstance(entry, JournalEntry) and entry.payload.record is not None
-                value = encode(entry.model_copy(update={"payload": entry.payload.model_copy(update={"record": None})}))
+                value = encode(
+                    entry.model_copy(update={"payload": entry.payload.model_copy(update={"record": None})})
+                )
             producer.produce(config.topic(JOURNAL_TOPIC), value, key=cid.encode(), partition=partition)
     assert producer.flush(30) == 0
 
@@ -72,15 +74,26 @@ def _journal(config: Config, processes: int, keep_record: Any) -> None:
 def _rebuilt(config: Config, state_dir: Path, definitions: list[Any] | None = None) -> dict[str, Any]:
     """Start a PM on an empty state dir (static partitions: no group join), let it fold, read its stores."""
     config = replace(config, state_dir=state_dir, partitions="all")
-    manager = ProcessManager(config, definitions, max_active=10**9, log=io.StringIO(), catch_up_timeout=60.0)
-    manager.start()
+    run_rebuild(
+        ProcessManager(config, definitions, max_active=10**9, log=io.StringIO(), catch_up_timeout=60.0)
+    )
+    return stores_held(config)
+
+
+def run_rebuild(manager: ProcessManager) -> None:
+    """Start the PM, let it fold its stores until it is assigned, close it."""
     try:
+        manager.start()  # with static partitions the stores are opened here
         deadline = time.monotonic() + 120
         while manager.assignments == 0:
             assert time.monotonic() < deadline, "the rebuild did not finish"
             manager.run_once(0.1)
     finally:
         manager.close()
+
+
+def stores_held(config: Config) -> dict[str, Any]:
+    """Every process record, timer (in due order) and the active count the stores under `config` hold."""
     records: dict[str, Any] = {}
     timers: list[Any] = []
     active = 0
@@ -92,7 +105,11 @@ def _rebuilt(config: Config, state_dir: Path, definitions: list[Any] | None = No
             active += store.active
         finally:
             store.close()
-    return {"records": records, "timers": sorted(timers, key=lambda t: (t.due_ms, t.timer_id)), "active": active}
+    return {
+        "records": records,
+        "timers": sorted(timers, key=lambda t: (t.due_ms, t.timer_id)),
+        "active": active,
+    }
 
 
 def _prefixed(config: Config) -> Config:
@@ -137,7 +154,9 @@ def test_any_mix_of_entries_with_and_without_records_rebuilds_what_re_deciding_d
     assert rebuilt == redecided
     # The timer index and the active count agree with the records (each window's diff is right).
     pending = sorted(
-        (due, timer_id, cid) for cid, r in rebuilt["records"].items() for timer_id, (due, _name) in r["timers"].items()
+        (due, timer_id, cid)
+        for cid, r in rebuilt["records"].items()
+        for timer_id, (due, _name) in r["timers"].items()
     )
     assert pending and [(t.due_ms, t.timer_id, t.correlation_id) for t in rebuilt["timers"]] == pending
     assert rebuilt["active"] == sum(r["status"] == "running" for r in rebuilt["records"].values())

@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_rebuild_records import _journal
+from test_rebuild_records import _journal, run_rebuild, stores_held
 
 from pm.config import Config
 from pm.journal import JournalReader
 from pm.runtime import ProcessManager, manager, recovery
 from pm.runtime.rebuild import WorkerFolds, WorkerJob, worker_count
-from pm.store import PartitionStore, list_store_paths, store_path
+from pm.store import PartitionStore, store_path
 
 
 def _rebuild(config: Config, state_dir: Path, workers: int) -> tuple[dict[str, Any], str]:
@@ -33,33 +33,8 @@ def _rebuild(config: Config, state_dir: Path, workers: int) -> tuple[dict[str, A
     config = replace(config, state_dir=state_dir, partitions="all", rebuild_workers=workers)
     log = io.StringIO()
     pm = ProcessManager(config, max_active=10**9, log=log, catch_up_timeout=60.0)
-    try:
-        pm.start()  # with static partitions the stores are opened here
-        deadline = time.monotonic() + 120
-        while pm.assignments == 0:
-            assert time.monotonic() < deadline, "the rebuild did not finish"
-            pm.run_once(0.1)
-        unconfirmed = sorted(pm._unconfirmed.items())
-    finally:
-        pm.close()
-    records: dict[str, Any] = {}
-    timers: list[Any] = []
-    active = 0
-    for partition, path in list_store_paths(config):
-        store = PartitionStore(path, partition, read_only=True)
-        try:
-            records.update(store.records())
-            timers.extend(store.timers())
-            active += store.active
-        finally:
-            store.close()
-    held = {
-        "records": records,
-        "timers": sorted(timers, key=lambda t: (t.due_ms, t.timer_id)),
-        "active": active,
-        "unconfirmed": unconfirmed,
-    }
-    return held, log.getvalue()
+    run_rebuild(pm)
+    return {**stores_held(config), "unconfirmed": sorted(pm._unconfirmed.items())}, log.getvalue()
 
 
 def test_workers_rebuild_what_the_pm_alone_rebuilds(
