@@ -135,7 +135,8 @@ class WorkerFolds:
 
     def __init__(self, jobs: list[WorkerJob], workers: int) -> None:
         self.partitions = [job.partition for job in jobs]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # The PM's own path, its "" (the directory it started in, `python -m pm`) made absolute.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._workers: list[subprocess.Popen[bytes]] = []
         try:
             for share in (jobs[i::workers] for i in range(workers)):
