@@ -280,8 +280,8 @@ class ProcessManager:
         """Open each partition's store, caught up to the end of its journal partition (`PartitionRecovery`).
 
         One after the other, but the next partition is prepared (store opened, its journal fetch
-        started) before this one's catch-up: its first records arrive while this one folds. Large empty
-        stores are split with worker processes first (`pm.runtime.rebuild`): they fold theirs while the
+        started) before this one's catch-up: its first records arrive while this one folds. Large missing
+        stores are shared with worker processes first (`pm.runtime.rebuild`): they fold theirs while the
         PM folds its own, then the PM opens theirs like any other (caught up from their anchor).
         """
         started = time.monotonic()
