@@ -121,6 +121,7 @@ class ProcessManager:
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
         self._static_partitions: list[int] | None = None  # PM_PARTITIONS, resolved by start()
+        self._warm: WorkerFolds | None = None  # rebuild workers started ahead of the first assignment
         self.assignments = 0  # completed assignments (stores open and caught up): tests and demos wait on it
 
     # ------------------------------------------------------------ settings the parts hold (kept settable)
@@ -219,6 +220,9 @@ class ProcessManager:
         )
         topics = [self.config.topic(t) for t in self._input_topics]
         static = self._static_partitions
+        self._warm = self._warm_workers(
+            static if static is not None else list(range(min(self._inputs.partitions.values())))
+        )
         if static is None:
             self.consumer.subscribe(
                 topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
@@ -233,6 +237,9 @@ class ProcessManager:
 
     def close(self) -> None:
         """Leave the group (stores closed by the revoke) and release everything."""
+        if self._warm is not None:  # never assigned: the workers started for a rebuild are not needed
+            self._warm.close()
+            self._warm = None
         if self._consumer is not None:
             with contextlib.suppress(KafkaException, RuntimeError):
                 self._consumer.close()
@@ -333,16 +340,21 @@ class ProcessManager:
 
     def _worker_folds(self, partitions: list[int]) -> WorkerFolds | None:
         """Worker processes folding a share of the large partitions without a store yet; None if not worth it."""
+        warm, self._warm = self._warm, None  # started by `start` (a state dir without stores), used once
         if self._app_spec is None or self.config.rebuild_workers == 0:
             return None
         # Only stores not there at all (a file check: a restart on its stores pays nothing more); one
         # left half folded by a killed rebuild is caught up by the PM from its anchor.
         missing = [p for p in partitions if not PartitionStore.exists(store_path(self.config, p))]
-        if worker_count(len(missing), self.config.rebuild_workers) == 0:
-            return None  # one CPU, or too few partitions to share: no watermarks asked for
-        large = [p for p in missing if self._journal_records(p) >= WORKER_MIN_RECORDS]
-        count = worker_count(len(large), self.config.rebuild_workers)
+        count = 0
+        if worker_count(len(missing), self.config.rebuild_workers) > 0:  # else no watermarks asked for
+            large = [p for p in missing if self._journal_records(p) >= WORKER_MIN_RECORDS]
+            count = worker_count(len(large), self.config.rebuild_workers)
+            if warm is not None:
+                count = min(count, warm.size)
         if count == 0:
+            if warm is not None:
+                warm.close()
             return None
         jobs = [
             WorkerJob(
@@ -358,7 +370,25 @@ class ProcessManager:
             for index, partition in enumerate(large)
             if index % (count + 1)
         ]
-        return WorkerFolds(jobs, count)
+        workers = warm if warm is not None else WorkerFolds(count, self._app_spec)
+        try:
+            workers.submit(jobs, count)
+        except BaseException:
+            workers.close()
+            raise
+        return workers
+
+    def _warm_workers(self, partitions: list[int]) -> WorkerFolds | None:
+        """Rebuild workers started before the assignment when no partition has a store (a new machine, a
+        lost state dir): their imports (~1 s) overlap the group join; `_worker_folds` gives them jobs."""
+        if self._app_spec is None or self.config.rebuild_workers == 0:
+            return None
+        if any(PartitionStore.exists(store_path(self.config, p)) for p in partitions):
+            return None
+        count = worker_count(len(partitions), self.config.rebuild_workers)
+        if count == 0 or not any(self._journal_records(p) >= WORKER_MIN_RECORDS for p in partitions):
+            return None  # a new deployment (a short journal): nothing worth a worker
+        return WorkerFolds(count, self._app_spec)
 
     def _journal_records(self, partition: int) -> int:
         """About how many records the journal partition holds (its watermarks; 0 when unknown)."""

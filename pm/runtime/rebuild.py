@@ -125,41 +125,60 @@ def fold_partition(job: WorkerJob) -> WorkerResult:
 
 
 class WorkerFolds:
-    """Worker processes folding their partitions; `results` waits for them (the PM folds its own meanwhile).
+    """Worker processes folding partitions; `results` waits for them (the PM folds its own meanwhile).
 
     A worker is a new Python running `main` (not `multiprocessing`, which re-runs the PM's main
-    script in the child: an embedding script without a `__main__` guard cannot take that). Its jobs
-    go in on stdin and its results come out on stdout (pickled: it is the PM's own child, on the PM's
-    `sys.path`, so it imports the same app).
+    script in the child: an embedding script without a `__main__` guard cannot take that). It imports
+    pm and the app, then waits for its jobs on stdin (so a PM can start workers before it knows their
+    jobs: their ~1 s of imports overlaps its group join); its results come out on stdout (pickled: it
+    is the PM's own child, on the PM's `sys.path`, so it imports the same app). `submit` hands the jobs
+    out; a worker given none exits at once.
     """
 
-    def __init__(self, jobs: list[WorkerJob], workers: int) -> None:
-        self.partitions = [job.partition for job in jobs]
+    def __init__(self, workers: int, app_spec: str) -> None:
+        self.partitions: list[int] = []
         # The PM's own path, its "" (the directory it started in, `python -m pm`) made absolute.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._submitted = False
         try:
-            for share in (jobs[i::workers] for i in range(workers)):
-                worker = subprocess.Popen(
-                    # -P: not the current directory first on the path, only the PM's own path (PYTHONPATH).
-                    [
-                        sys.executable,
-                        "-P",
-                        "-c",
-                        "from pm.runtime.rebuild import main; main()",
-                        str(os.getpid()),
-                    ],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    env=env,
+            for _ in range(workers):
+                self._workers.append(
+                    subprocess.Popen(
+                        # -P: not the current directory first on the path, only the PM's own (PYTHONPATH).
+                        [
+                            sys.executable,
+                            "-P",
+                            "-c",
+                            "from pm.runtime.rebuild import main; main()",
+                            str(os.getpid()),
+                            app_spec,
+                        ],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        env=env,
+                    )
                 )
-                self._workers.append(worker)
-                assert worker.stdin is not None
-                worker.stdin.write(pickle.dumps(share))
-                worker.stdin.close()
         except BaseException:
             self.close()
             raise
+
+    @property
+    def size(self) -> int:
+        return len(self._workers)
+
+    def submit(self, jobs: list[WorkerJob], workers: int | None = None) -> None:
+        """Share `jobs` among the first `workers` (all by default); the others get none and exit."""
+        used = self.size if workers is None else min(workers, self.size)
+        self.partitions = [job.partition for job in jobs]
+        self._submitted = True
+        for index, worker in enumerate(self._workers):
+            assert worker.stdin is not None
+            try:
+                worker.stdin.write(pickle.dumps(jobs[index::used] if index < used else []))
+                worker.stdin.close()
+            except BrokenPipeError:  # it died starting (an app that does not import): `results` says so
+                pass
 
     def results(self) -> dict[int, WorkerResult]:
         """Each partition's result; `CatchUpError` when a worker failed (its error is on stderr)."""
@@ -186,22 +205,25 @@ class WorkerFolds:
         return done
 
     def close(self) -> None:
-        """Stop the workers still running (an error in the PM): their stores keep whole windows."""
+        """Stop the workers still running (an error in the PM, or never given jobs): their stores keep whole
+        windows."""
         for worker in self._workers:
             if worker.poll() is None:
                 worker.kill()
             worker.wait()
-            if worker.stdout is not None:
-                worker.stdout.close()
+            for pipe in (worker.stdin, worker.stdout):
+                if pipe is not None and not pipe.closed:
+                    pipe.close()
 
 
 def main() -> None:
-    """A worker (argument: the PM's pid): fold the pickled jobs on stdin, results pickled on stdout."""
+    """A worker (arguments: the PM's pid, the app): fold the pickled jobs on stdin, results pickled on stdout."""
     _die_with_parent(int(sys.argv[1]))
     # The results' channel is kept apart: anything else writing to stdout (a print in an app's import,
     # a C library) goes to stderr instead of into the pickle.
     results_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    load_app(sys.argv[2])  # imported while the PM may still be joining its group (`fold_partition` reuses it)
     jobs: list[WorkerJob] = pickle.loads(sys.stdin.buffer.read())
     results = [fold_partition(job) for job in jobs]
     results_out.write(pickle.dumps(results))
