@@ -166,3 +166,19 @@ def test_a_rebuild_stopped_halfway_goes_on_from_its_store(
     assert {k: v for k, v in finished.items() if k != "unconfirmed"} == {
         k: v for k, v in alone.items() if k != "unconfirmed"
     }
+
+
+def test_workers_started_ahead_of_an_assignment_that_never_comes_are_stopped(
+    topics: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _journal(topics, 2, lambda n, total: True)
+    monkeypatch.setattr(manager, "WORKER_MIN_RECORDS", 1)
+    config = replace(topics, state_dir=tmp_path, rebuild_workers=1)  # group mode: assigned on a later poll
+    pm = ProcessManager(config, max_active=10**9, log=io.StringIO())
+    try:
+        pm.start()
+        assert pm._warm is not None and pm._warm.size == 1  # no store, a journal: started at once
+        pids = [worker.pid for worker in pm._warm._workers]
+    finally:
+        pm.close()
+    assert not any(_alive(pid) for pid in pids)
