@@ -148,8 +148,8 @@ def _delivered(event: Event, callback: Callable[[Delivery | DeliveryError], None
 class Publisher:
     """Publishes any app's events to their topics, keyed by correlation ID, and waits for acknowledgements.
 
-    with Publisher(config) as publisher:
-        delivery = publisher.publish(InvoiceDisputed(...))
+        with Publisher(config) as publisher:
+            delivery = publisher.publish(InvoiceDisputed(...))
     """
 
     def __init__(self, config: Config, producer: Producer | None = None, *, role: str = "upstream") -> None:

@@ -64,9 +64,7 @@ def _journal(config: Config, processes: int, keep_record: Any) -> None:
             if not keep_record(n, len(per_process[i])):
                 entry = decode(value)
                 assert isinstance(entry, JournalEntry) and entry.payload.record is not None
-                value = encode(
-                    entry.model_copy(update={"payload": entry.payload.model_copy(update={"record": None})})
-                )
+                value = encode(entry.model_copy(update={"payload": entry.payload.model_copy(update={"record": None})}))
             producer.produce(config.topic(JOURNAL_TOPIC), value, key=cid.encode(), partition=partition)
     assert producer.flush(30) == 0
 
@@ -74,9 +72,7 @@ def _journal(config: Config, processes: int, keep_record: Any) -> None:
 def _rebuilt(config: Config, state_dir: Path, definitions: list[Any] | None = None) -> dict[str, Any]:
     """Start a PM on an empty state dir (static partitions: no group join), let it fold, read its stores."""
     config = replace(config, state_dir=state_dir, partitions="all")
-    run_rebuild(
-        ProcessManager(config, definitions, max_active=10**9, log=io.StringIO(), catch_up_timeout=60.0)
-    )
+    run_rebuild(ProcessManager(config, definitions, max_active=10**9, log=io.StringIO(), catch_up_timeout=60.0))
     return stores_held(config)
 
 

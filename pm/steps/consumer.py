@@ -249,17 +249,8 @@ class StepConsumer:
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None  # a result produced alone: sent at once
         self._bulk: Producer | None = None  # results produced while others are in flight: batched
-        self.stats = {
-            "handled": 0,
-            "republished": 0,
-            "dead_lettered": 0,
-            "abandoned": 0,
-            "pauses": 0,
-            "batched": 0,
-        }
-        self._stats_lock = (
-            threading.Lock()
-        )  # workers count too (`_publish`): `+=` on a dict item is not atomic
+        self.stats = {"handled": 0, "republished": 0, "dead_lettered": 0, "abandoned": 0, "pauses": 0, "batched": 0}
+        self._stats_lock = threading.Lock()  # workers count too (`_publish`): `+=` on a dict item is not atomic
 
     @property
     def _paused(self) -> bool:
@@ -286,9 +277,7 @@ class StepConsumer:
             self._bulk = make_producer(self.config, f"{role}-bulk", **{"linger.ms": BULK_LINGER_MS})
             self._consumer = make_consumer(self.config, role, self.group_id)
             self._workers = [
-                threading.Thread(
-                    target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True
-                )
+                threading.Thread(target=self._worker, args=(lane,), name=f"step-{lane.step}-worker-{i}", daemon=True)
                 for lane in lanes
                 for i in range(self.concurrency)
             ]
@@ -520,9 +509,7 @@ class StepConsumer:
 
         Batched (`BULK_LINGER_MS`) when the consumer is busy (`BULK_WHEN_IN_FLIGHT`): other results follow soon.
         """
-        bulk = (
-            len(self._inflight) >= BULK_WHEN_IN_FLIGHT
-        )  # this command counts until the main thread releases it
+        bulk = len(self._inflight) >= BULK_WHEN_IN_FLIGHT  # this command counts until the main thread releases it
         if bulk:
             self._count("batched")
         attempts = [0]
@@ -710,13 +697,13 @@ class StepConsumer:
                 result = lane.handler.handle(command, self.clock())
                 if not isinstance(result, Event):  # a handler bug (a path without `return`): never a stall
                     reason = f"the handler returned {type(result).__name__}, not a result event"
-                    return failed_result(
-                        command, lane.step, self.clock(), reason=reason, retryable=False
-                    ), tries
+                    return failed_result(command, lane.step, self.clock(), reason=reason, retryable=False), tries
                 return result, tries
             except TransientError as exc:
                 last = exc
-                log.info("step %s: transient error (try %d/%d): %s", lane.step, tries, self.retry.tries, exc)
+                log.info(
+                    "step %s: transient error (try %d/%d): %s", lane.step, tries, self.retry.tries, exc
+                )
                 if tries >= self.retry.tries:
                     break
                 with self._rng_lock:
@@ -757,12 +744,9 @@ def run_step_consumer(
     options = options or {}
     taken = {option for spec in specs for option in spec.options}
     if set(options) - taken:
-        raise ValueError(
-            f"options {sorted(set(options) - taken)} apply to none of the steps {[s.name for s in specs]}"
-        )
+        raise ValueError(f"options {sorted(set(options) - taken)} apply to none of the steps {[s.name for s in specs]}")
     handlers = [
-        spec.build_handler(config, **{k: v for k, v in options.items() if k in spec.options})
-        for spec in specs
+        spec.build_handler(config, **{k: v for k, v in options.items() if k in spec.options}) for spec in specs
     ]
     consumer = StepConsumer(config, handlers, concurrency=concurrency, retry=retry)
     stop = stop or threading.Event()
