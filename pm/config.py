@@ -66,7 +66,7 @@ class Config:
     # "all" or a list like "0-2,5" = this instance takes exactly those, without a group join (a
     # restart resumes at once; two instances must never be given overlapping lists).
     partitions: str = ""
-    # Worker processes that rebuild large empty stores beside the PM (`pm.runtime.rebuild`):
+    # Worker processes that rebuild large missing stores beside the PM (`pm.runtime.rebuild`):
     # -1 = one per core but one, 0 = the PM folds every partition itself.
     rebuild_workers: int = -1
 

@@ -64,7 +64,7 @@ def test_workers_rebuild_what_the_pm_alone_rebuilds(
 
 def test_a_worker_that_fails_stops_the_rebuild_with_a_catch_up_error(topics: Config, tmp_path: Path) -> None:
     config = replace(topics, state_dir=tmp_path)
-    job = WorkerJob(config, "no_such_module:app", 0, None, False, 5.0, 5.0)
+    job = WorkerJob(config, 0, None, False, 5.0, 5.0)
     folds = WorkerFolds(1, "no_such_module:app")
     folds.submit([job])
     with pytest.raises(recovery.CatchUpError, match="exited with 1"):
@@ -89,7 +89,7 @@ from pm.runtime.rebuild import WorkerFolds, WorkerJob
 # Nothing listens on port 1: the worker's journal read waits for its 60 s idle timeout.
 config = Config(bootstrap="127.0.0.1:1", state_dir=Path(sys.argv[1]))
 folds = WorkerFolds(1, app_spec())
-folds.submit([WorkerJob(config, app_spec(), 0, None, False, 60.0, 60.0)])
+folds.submit([WorkerJob(config, 0, None, False, 60.0, 60.0)])
 print(folds._workers[0].pid, flush=True)
 time.sleep(120)
 """

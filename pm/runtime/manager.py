@@ -83,8 +83,12 @@ class ProcessManager:
     ) -> None:
         self.config = config
         self.app = app if app is not None else load_app(config.app or None)
-        # A rebuild worker loads the app by name, so only an app loaded by name is rebuilt in workers.
-        self._app_spec = app_spec(config.app or None) if app is None and definitions is None else None
+        # The app rebuild workers load, by name: only an app loaded by name, and not with the workers off.
+        self._rebuild_app = (
+            app_spec(config.app or None)
+            if app is None and definitions is None and config.rebuild_workers != 0
+            else None
+        )
         self.registry = Registry(definitions if definitions is not None else self.app.processes)
         # New processes open from these topics; those with backpressure pause above max_active.
         self._input_topics = self.app.input_topics
@@ -341,7 +345,7 @@ class ProcessManager:
     def _worker_folds(self, partitions: list[int]) -> WorkerFolds | None:
         """Worker processes folding a share of the large partitions without a store yet; None if not worth it."""
         warm, self._warm = self._warm, None  # started by `start` (a state dir without stores), used once
-        if self._app_spec is None or self.config.rebuild_workers == 0:
+        if self._rebuild_app is None:
             return None
         # Only stores not there at all (a file check: a restart on its stores pays nothing more); one
         # left half folded by a killed rebuild is caught up by the PM from its anchor.
@@ -359,7 +363,6 @@ class ProcessManager:
         jobs = [
             WorkerJob(
                 self.config,
-                self._app_spec,
                 partition,
                 self._journal_topic_id,
                 self.rebuild,
@@ -370,7 +373,7 @@ class ProcessManager:
             for index, partition in enumerate(large)
             if index % (count + 1)
         ]
-        workers = warm if warm is not None else WorkerFolds(count, self._app_spec)
+        workers = warm if warm is not None else WorkerFolds(count, self._rebuild_app)
         try:
             workers.submit(jobs, count)
         except BaseException:
@@ -381,14 +384,14 @@ class ProcessManager:
     def _warm_workers(self, partitions: list[int]) -> WorkerFolds | None:
         """Rebuild workers started before the assignment when no partition has a store (a new machine, a
         lost state dir): their imports (~1 s) overlap the group join; `_worker_folds` gives them jobs."""
-        if self._app_spec is None or self.config.rebuild_workers == 0:
+        if self._rebuild_app is None:
             return None
         if any(PartitionStore.exists(store_path(self.config, p)) for p in partitions):
             return None
         count = worker_count(len(partitions), self.config.rebuild_workers)
         if count == 0 or not any(self._journal_records(p) >= WORKER_MIN_RECORDS for p in partitions):
             return None  # a new deployment (a short journal): nothing worth a worker
-        return WorkerFolds(count, self._app_spec)
+        return WorkerFolds(count, self._rebuild_app)
 
     def _journal_records(self, partition: int) -> int:
         """About how many records the journal partition holds (its watermarks; 0 when unknown)."""

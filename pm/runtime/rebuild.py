@@ -33,7 +33,7 @@ from pm.runtime.recovery import CatchUpError, PartitionRecovery
 from pm.runtime.state import Position, UnconfirmedOutputs
 
 # A partition is folded by a worker from this many journal records (by its watermarks): below it,
-# starting a process (~0.6 s of imports) costs more than the fold it saves.
+# starting a process (~1 s of imports) costs more than the fold it saves.
 WORKER_MIN_RECORDS = 50_000
 # At most this many worker processes, whatever the cores.
 MAX_WORKERS = 8
@@ -54,7 +54,6 @@ class WorkerJob:
     """Everything a worker needs to fold one partition (pickled to the worker)."""
 
     config: Config
-    app_spec: str
     partition: int
     journal_topic_id: str | None
     rebuild: bool
@@ -96,9 +95,8 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def fold_partition(job: WorkerJob) -> WorkerResult:
+def fold_partition(job: WorkerJob, registry: Registry) -> WorkerResult:
     """In a worker: open the partition's store, caught up to the end of its journal partition, and close it."""
-    app = load_app(job.app_spec)
     unconfirmed = UnconfirmedOutputs()
     log = io.StringIO()
     consumer = make_consumer(
@@ -107,7 +105,7 @@ def fold_partition(job: WorkerJob) -> WorkerResult:
     try:
         recovery = PartitionRecovery(
             job.config,
-            Registry(app.processes),
+            registry,
             consumer,
             job.partition,
             journal_topic_id=job.journal_topic_id,
@@ -223,8 +221,8 @@ def main() -> None:
     # a C library) goes to stderr instead of into the pickle.
     results_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    load_app(sys.argv[2])  # imported while the PM may still be joining its group (`fold_partition` reuses it)
+    registry = Registry(load_app(sys.argv[2]).processes)  # loaded while the PM may still be joining its group
     jobs: list[WorkerJob] = pickle.loads(sys.stdin.buffer.read())
-    results = [fold_partition(job) for job in jobs]
+    results = [fold_partition(job, registry) for job in jobs]
     results_out.write(pickle.dumps(results))
     results_out.close()

@@ -117,12 +117,11 @@ class UnconfirmedOutputs:
         outputs = (*payload["commands"], *payload["published"])
         if payload["outcome"] != "applied" or not outputs:
             return
-        position = (
-            str(payload["input_topic"]),
-            int(payload["input_partition"]),
-            int(payload["input_offset"]),
-        )
+        position = (str(payload["input_topic"]), int(payload["input_partition"]), int(payload["input_offset"]))
         self._outputs[position] = outputs
+        self._trim()
+
+    def _trim(self) -> None:
         while len(self._outputs) > self.limit:
             self._outputs.popitem(last=False)
 
@@ -137,8 +136,7 @@ class UnconfirmedOutputs:
         """Keep outputs another process found (`items`), as if remembered here."""
         for position, outputs in items:
             self._outputs[position] = outputs
-        while len(self._outputs) > self.limit:
-            self._outputs.popitem(last=False)
+        self._trim()
 
 
 class RetryTimes:
