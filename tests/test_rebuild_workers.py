@@ -7,6 +7,7 @@ folds; a worker that fails stops the assignment with `CatchUpError` and leaves n
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import signal
@@ -21,8 +22,11 @@ from typing import Any
 import pytest
 from test_rebuild_records import _journal, run_rebuild, stores_held
 
+from bench.scenario import JournalWriter, Scenario
+from customer_email import CUSTOMER_EMAIL
 from pm.config import Config
-from pm.journal import JournalReader
+from pm.journal import JournalReader, RawJournalRecord, decode_entry
+from pm.registry import Registry
 from pm.runtime import ProcessManager, manager, recovery
 from pm.runtime.rebuild import WorkerFolds, WorkerJob, worker_count
 from pm.store import PartitionStore, store_path
@@ -182,3 +186,24 @@ def test_workers_started_ahead_of_an_assignment_that_never_comes_are_stopped(
     finally:
         pm.close()
     assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_window_groups_each_process_in_journal_order_with_keyless_records_among_keyed_ones() -> None:
+    """`WindowFold` groups a window by raw key (one decode per process); a keyless record (not written by
+    the PM) is placed by the process its entry names, and each process's indices stay in journal order
+    (the last is the entry a fold takes)."""
+    writer = JournalWriter(Config(), Scenario(Config(), "w"))
+    per_process = [list(writer.entries(i, "status")) for i in range(3)]
+    window: list[RawJournalRecord] = []
+    for row in itertools.zip_longest(*per_process):
+        for item in row:
+            if item is not None:
+                partition, value, cid = item
+                n = len(window)
+                key = None if n % 4 == 1 else cid.encode()  # every fourth record keyless
+                window.append(RawJournalRecord(partition, n, key, value))
+    expected: dict[str, list[int]] = {}
+    for index, record in enumerate(window):
+        expected.setdefault(decode_entry(record).correlation_id, []).append(index)
+    fold = recovery.WindowFold(Registry([CUSTOMER_EMAIL]), None, window)  # type: ignore[arg-type]
+    assert fold.positions == expected
