@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from pm.collector import quiet_collector
 from pm.config import Config
 from pm.errors import PmError
 from pm.signals import stop_on_signals
@@ -127,6 +128,7 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
     _logging()
     name = step_set_name(steps)
     setup_telemetry(f"pm-step-{name}")
+    quiet_collector()
     topics = ", ".join(config.topic("cmd." + step) for step in steps)
     print(f"step consumer {name}: concurrency {args.concurrency} per step, topics {topics}", flush=True)
     consumer = run_step_consumer(
@@ -143,7 +145,9 @@ def _consumer(args: argparse.Namespace, config: Config) -> int:
 def _service(args: argparse.Namespace, config: Config) -> int:
     from pm.app import load_app
 
-    return int(load_app(config.app or None).service(args.name)(list(args.args), config))
+    service = load_app(config.app or None).service(args.name)
+    quiet_collector()
+    return int(service(list(args.args), config))
 
 
 def _pm(args: argparse.Namespace, config: Config) -> int:
@@ -153,7 +157,9 @@ def _pm(args: argparse.Namespace, config: Config) -> int:
     setup_telemetry("pm")
     config = config.with_overrides(partitions=args.partitions)
     options = {} if args.max_active is None else {"max_active": args.max_active}
-    run_process_manager(config, rebuild=args.rebuild, **options)
+    quiet_collector()
+    # Again once started: what the start built and kept (the app, the stores' state) is frozen too.
+    run_process_manager(config, rebuild=args.rebuild, on_started=lambda _manager: quiet_collector(), **options)
     return 0
 
 

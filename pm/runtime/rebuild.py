@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pm.app import load_app
+from pm.collector import quiet_collector
 from pm.config import Config
 from pm.kafka import make_consumer
 from pm.registry import Registry
@@ -222,6 +223,7 @@ def main() -> None:
     results_out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     registry = Registry(load_app(sys.argv[2]).processes)  # loaded while the PM may still be joining its group
+    quiet_collector()
     jobs: list[WorkerJob] = pickle.loads(sys.stdin.buffer.read())
     results = [fold_partition(job, registry) for job in jobs]
     results_out.write(pickle.dumps(results))
