@@ -2,7 +2,7 @@
 
 Reference counting frees nearly everything these processes make: 4,000 PM inputs left 40 objects
 in reference cycles. Yet with the default thresholds (700, 10, 10) the collector ran ~490 times
-per 1,500 e-mails in the PM, each full collection walking every live object (the imported
+per 9,300 inputs of the PM, each full collection walking every live object (the imported
 modules, the process cache): ~5 % of the PM's CPU in e2e, more with a larger heap, and 6-24 % of
 a rebuild's time (bench/RESULTS.md, session 12). The heap built at start is frozen (never walked
 again) and the thresholds are raised so that collections are rare but each stays bounded: cycles
