@@ -310,3 +310,28 @@ def test_without_an_exporter_tracing_is_a_true_no_op() -> None:
     assert result.stdout.strip() == "quiet"
     console = _run(_NOOP_SCRIPT, OTEL_TRACES_EXPORTER="console")
     assert console.returncode != 0  # with an exporter, tracing is on: the first assert fails
+
+
+def test_an_llm_call_is_a_client_span_only_while_tracing(
+    spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GenAI span of a model call, with its attributes and never the prompt; no span at all untraced."""
+    from bench.scenario import Scenario
+    from consumers.classify import ClassifyHandler
+    from consumers.llm import OfflineProvider
+    from consumers.offline import OFFLINE_MODEL
+
+    scenario = Scenario(Config(), "otel")
+    command = scenario.first_command(scenario.email(0))
+    handler = ClassifyHandler(OfflineProvider())
+    handler.handle(command, datetime.now(UTC))
+    chat = _by_name(spans, f"chat {OFFLINE_MODEL}")
+    attrs = dict(chat.attributes or {})
+    assert chat.kind.name == "CLIENT"
+    assert attrs[telemetry.GEN_AI_REQUEST_MODEL] == OFFLINE_MODEL
+    assert attrs[telemetry.GEN_AI_RESPONSE_MODEL] == OFFLINE_MODEL
+    assert not any(command.payload.email.subject in str(v) for v in attrs.values())
+    spans.clear()
+    monkeypatch.setattr(telemetry, "tracing", lambda: False)  # as without an exporter
+    handler.handle(command, datetime.now(UTC))
+    assert not spans.get_finished_spans()
