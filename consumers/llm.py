@@ -261,43 +261,34 @@ def _format_errors(exc: ValidationError) -> list[str]:
     return errors
 
 
-def _complete(provider: LlmProvider, request: LlmRequest[Any], prompt: str) -> tuple[LlmResponse, LlmCall]:
-    """The provider's answer, and the call as the result records it (timed)."""
-    started = time.perf_counter()
-    # A failed call keeps its token estimate in the bucket: it may well have been counted upstream.
-    response = provider.complete(request)
-    latency_ms = int((time.perf_counter() - started) * 1000)
-    call = LlmCall(
-        provider=response.provider,
-        model=response.model,
-        prompt=prompt,
-        raw_output=response.raw_output,
-        prompt_tokens=response.prompt_tokens,
-        completion_tokens=response.completion_tokens,
-        latency_ms=latency_ms,
-    )
-    return response, call
-
-
 def call_llm(provider: LlmProvider, limiter: RateLimiter | None, request: LlmRequest[T]) -> LlmOutcome[T]:
     """Rate-limit, call, time and validate. Transport errors propagate (TransientError/PermanentError)."""
     prompt = json.dumps(request.messages, ensure_ascii=False)
     estimate = _estimate_tokens(prompt, request.completion_tokens)
     if limiter is not None:
         limiter.acquire(estimate)
-    if telemetry.tracing():
-        # A GenAI client span (child of the step's span); attributes never include the prompt or output.
-        with telemetry.tracer().start_as_current_span(
-            f"chat {provider.model}",
-            kind=SpanKind.CLIENT,
-            attributes={telemetry.GEN_AI_OPERATION_NAME: "chat", telemetry.GEN_AI_REQUEST_MODEL: provider.model},
-        ) as span:
-            response, call = _complete(provider, request, prompt)
-            if span.is_recording():
-                span.set_attributes(telemetry.llm_attributes(call))
-                span.set_attribute(telemetry.GEN_AI_RESPONSE_MODEL, response.model)
-    else:  # nothing exported: not even a no-op span (~20 us a call)
-        response, call = _complete(provider, request, prompt)
+    # A GenAI client span (child of the step's span); attributes never include the prompt or output.
+    with telemetry.span(
+        f"chat {provider.model}",
+        lambda: {telemetry.GEN_AI_OPERATION_NAME: "chat", telemetry.GEN_AI_REQUEST_MODEL: provider.model},
+        kind=SpanKind.CLIENT,
+    ) as span:
+        started = time.perf_counter()
+        # A failed call keeps its token estimate in the bucket: it may well have been counted upstream.
+        response = provider.complete(request)
+        latency_ms = int((time.perf_counter() - started) * 1000)
+        call = LlmCall(
+            provider=response.provider,
+            model=response.model,
+            prompt=prompt,
+            raw_output=response.raw_output,
+            prompt_tokens=response.prompt_tokens,
+            completion_tokens=response.completion_tokens,
+            latency_ms=latency_ms,
+        )
+        if span is not None and span.is_recording():
+            span.set_attributes(telemetry.llm_attributes(call))
+            span.set_attribute(telemetry.GEN_AI_RESPONSE_MODEL, response.model)
     if limiter is not None:
         limiter.settle(estimate, response.prompt_tokens + response.completion_tokens)
     try:

@@ -99,34 +99,20 @@ def produce_event(
         raise RecordTooLarge(
             f"{event.type} of {len(value)} bytes is over the {config.max_record_bytes} bytes a record may have"
         )
-    if not telemetry.tracing():  # nothing exported: no span, no attributes built (~30 us a record)
-        _produce(producer, physical, value, record_key, list(headers or []), on_delivery)
-        return
-    with telemetry.tracer().start_as_current_span(
+    with telemetry.span(
         f"publish {logical}",
+        lambda: {**telemetry.event_attributes(event), **telemetry.record_attributes(logical, key=record_key)},
         kind=SpanKind.PRODUCER,
-        attributes={
-            **telemetry.event_attributes(event),
-            **telemetry.record_attributes(logical, key=record_key),
-        },
     ):
-        _produce(producer, physical, value, record_key, telemetry.inject(headers), on_delivery)
-
-
-def _produce(
-    producer: Producer,
-    topic: str,
-    value: bytes,
-    key: bytes,
-    headers: telemetry.Headers,
-    on_delivery: DeliveryCallback | None,
-) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
-            return
-        except BufferError:
-            producer.poll(0.05)  # queue full: let deliveries drain, then retry
+        record_headers = telemetry.inject(headers)
+        while True:
+            try:
+                producer.produce(
+                    physical, value=value, key=record_key, headers=record_headers, on_delivery=on_delivery
+                )
+                return
+            except BufferError:
+                producer.poll(0.05)  # queue full: let deliveries drain, then retry
 
 
 def _delivered(event: Event, callback: Callable[[Delivery | DeliveryError], None]) -> DeliveryCallback:

@@ -406,14 +406,12 @@ class StepConsumer:
         entry = lane.ledger.get(command_id)
         if entry is not None and entry.completed and entry.result is not None:
             # Done before (redelivery, or the PM re-sent it): the same bytes, not a second side effect.
-            result_headers: Headers = []
-            if telemetry.tracing():
-                with telemetry.tracer().start_as_current_span(
-                    f"step {lane.step}",
-                    context=telemetry.extract(headers),
-                    attributes={**telemetry.event_attributes(command), "pm.step.replayed": True},
-                ):
-                    result_headers = telemetry.inject([])
+            with telemetry.span(
+                f"step {lane.step}",
+                lambda: {**telemetry.event_attributes(command), "pm.step.replayed": True},
+                context=telemetry.extract(headers),
+            ):
+                result_headers = telemetry.inject([])
             self._count("republished")
             self._publish(
                 self.results_topic,
@@ -663,27 +661,25 @@ class StepConsumer:
 
     def _run(self, work: _Work) -> None:
         command, step = work.command, work.lane.step
-        if not telemetry.tracing():  # nothing exported: no span, and no attributes built (~30 us a command)
-            work.result, _tries = self._execute(work.lane, command)
-            work.result_headers = []
-            return
-        attributes = {
-            **telemetry.event_attributes(command),
-            **telemetry.record_attributes(f"cmd.{step}"),
-            "correlation_id": command.correlation_id,
-            "command_id": command.payload.command_id,
-            "step": step,
-            "attempt": command.payload.attempt,
-        }
-        with telemetry.tracer().start_as_current_span(
-            f"step {step}", context=telemetry.extract(work.headers), attributes=attributes
+        with telemetry.span(
+            f"step {step}",
+            lambda: {
+                **telemetry.event_attributes(command),
+                **telemetry.record_attributes(f"cmd.{step}"),
+                "correlation_id": command.correlation_id,
+                "command_id": command.payload.command_id,
+                "step": step,
+                "attempt": command.payload.attempt,
+            },
+            context=telemetry.extract(work.headers),
         ) as span:
             result, tries = self._execute(work.lane, command)
-            span.set_attribute("pm.step.tries", tries)
-            if result is not None:
-                span.set_attribute("pm.result_type", result.type)
-                if result.type == "StepFailed":
-                    span.set_status(Status(StatusCode.ERROR, result.payload.reason[:200]))
+            if span is not None:
+                span.set_attribute("pm.step.tries", tries)
+                if result is not None:
+                    span.set_attribute("pm.result_type", result.type)
+                    if result.type == "StepFailed":
+                        span.set_status(Status(StatusCode.ERROR, result.payload.reason[:200]))
             work.result = result
             work.result_headers = telemetry.inject([])
 
