@@ -76,6 +76,15 @@ def test_a_worker_that_fails_stops_the_rebuild_with_a_catch_up_error(topics: Con
     assert all(worker.poll() is not None for worker in folds._workers)
 
 
+def test_a_stuck_worker_is_stopped_at_the_deadline_with_a_catch_up_error(topics: Config, tmp_path: Path) -> None:
+    config = replace(topics, state_dir=tmp_path)
+    folds = WorkerFolds(1, "stuck_app:app")  # its import never returns: no result, no exit
+    folds.submit([WorkerJob(config, 0, None, False, 5.0, 5.0)])
+    with pytest.raises(recovery.CatchUpError, match="did not finish within 2s"):
+        folds.results(timeout=2.0)
+    assert all(worker.poll() is not None for worker in folds._workers)
+
+
 def test_worker_count_leaves_a_core_to_the_pm_and_a_share_to_fold() -> None:
     assert worker_count(6, 2) == 2
     assert worker_count(2, 8) == 1  # the PM folds one of two partitions itself

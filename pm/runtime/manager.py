@@ -35,6 +35,7 @@ from pm.runtime.inputs import InputHandler
 from pm.runtime.rebuild import (
     MAX_WORKERS,
     WORKER_MIN_RECORDS,
+    WORKER_PATIENCE,
     WorkerFolds,
     WorkerJob,
     WorkerResult,
@@ -305,7 +306,8 @@ class ProcessManager:
             self._catch_up(recoveries)
             own_done = time.monotonic()
             if workers is not None:
-                results = workers.results()
+                patience = max(self.catch_up_timeout, WORKER_PATIENCE * (own_done - started))
+                results = workers.results(timeout=patience)
                 for result in results.values():
                     self._log.write(result.log)
                     self._unconfirmed.absorb(result.outputs)

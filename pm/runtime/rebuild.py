@@ -9,8 +9,9 @@ of the journal's tail, `UnconfirmedOutputs`). The PM then opens those stores the
 up from their anchor, so a worker's store is checked like any other.
 
 Only for an app the PM loaded by name (`module:attr`, `PM_APP` or the default): a worker imports it
-again. A worker dies with its PM (Linux `PR_SET_PDEATHSIG`); a store it leaves half folded holds
-whole windows and its anchor, and the next catch-up goes on from there.
+again. A worker dies with its PM (Linux `PR_SET_PDEATHSIG`), and the PM stops one that has not answered
+long after its own share was folded (`WORKER_PATIENCE`); a store it leaves half folded holds whole
+windows and its anchor, and the next catch-up goes on from there.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ import ctypes
 import io
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +41,9 @@ from pm.runtime.state import Position, UnconfirmedOutputs
 WORKER_MIN_RECORDS = 50_000
 # At most this many worker processes, whatever the cores.
 MAX_WORKERS = 8
+# A worker folds a share like the PM's own: one still running this many times the PM's time later (and at
+# least the catch-up timeout) is taken for stuck (an app import that hangs, a deadlock), not slow.
+WORKER_PATIENCE = 10
 
 
 @dataclass
@@ -179,13 +185,20 @@ class WorkerFolds:
             except BrokenPipeError:  # it died starting (an app that does not import): `results` says so
                 pass
 
-    def results(self) -> dict[int, WorkerResult]:
-        """Each partition's result; `CatchUpError` when a worker failed (its error is on stderr)."""
+    def results(self, timeout: float | None = None) -> dict[int, WorkerResult]:
+        """Each partition's result; `CatchUpError` when a worker failed (its error is on stderr) or, with
+        `timeout`, has not answered within that many seconds (stuck: it is killed, its store keeps whole
+        windows and the next catch-up goes on from them)."""
         done: dict[int, WorkerResult] = {}
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             for worker in self._workers:
-                assert worker.stdout is not None
-                output = worker.stdout.read()
+                output = _read_all(worker, deadline)
+                if output is None:
+                    raise CatchUpError(
+                        f"a rebuild worker (pid {worker.pid}) did not finish within {timeout:.0f}s: stopped; "
+                        "a restart goes on from its stores"
+                    )
                 code = worker.wait()
                 if code != 0:
                     raise CatchUpError(
@@ -213,6 +226,23 @@ class WorkerFolds:
             for pipe in (worker.stdin, worker.stdout):
                 if pipe is not None and not pipe.closed:
                     pipe.close()
+
+
+def _read_all(worker: subprocess.Popen[bytes], deadline: float | None) -> bytes | None:
+    """The worker's whole stdout (up to its end), or None at `deadline` (None: no deadline)."""
+    assert worker.stdout is not None
+    if deadline is None:
+        return worker.stdout.read()
+    fd = worker.stdout.fileno()
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return None
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def main() -> None:
