@@ -11,10 +11,10 @@ import time
 import uuid
 from typing import Any
 
-from confluent_kafka import Consumer, TopicPartition
+from test_runtime_support import read_topic
 
 from pm.config import Config
-from pm.kafka import make_consumer, make_transactional_producer
+from pm.kafka import make_transactional_producer
 from pm.topics import load_layout
 
 RECORDS_PER_PARTITION = 4
@@ -23,26 +23,6 @@ DECIDING = 0.012  # seconds between records: longer than librdkafka's default li
 
 def _produce_requests(stats: dict[str, Any]) -> int:
     return sum(int(broker["req"].get("Produce", 0)) for broker in stats["brokers"].values())
-
-
-def _read_all(config: Config, topic: str, partitions: int) -> list[bytes]:
-    consumer: Consumer = make_consumer(
-        config, "probe", f"{config.topic_prefix}probe", **{"enable.partition.eof": True}
-    )
-    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    values: list[bytes] = []
-    ended: set[int] = set()
-    deadline = time.monotonic() + 30
-    while len(ended) < partitions and time.monotonic() < deadline:
-        msg = consumer.poll(0.5)
-        if msg is None:
-            continue
-        if msg.error() is not None:
-            ended.add(int(msg.partition() or 0))
-            continue
-        values.append(msg.value() or b"")
-    consumer.close()
-    return values
 
 
 def test_a_transaction_sends_each_partition_once_at_its_commit(topics: Config) -> None:
@@ -74,4 +54,4 @@ def test_a_transaction_sends_each_partition_once_at_its_commit(topics: Config) -
 
     requests = _produce_requests(reports[-1]) - before
     assert requests <= partitions, f"{requests} produce requests for one transaction over {partitions} partitions"
-    assert sorted(_read_all(topics, topic, partitions)) == sorted(sent)
+    assert sorted(m.value() for m in read_topic(topics, "pm.journal")) == sorted(sent)
