@@ -29,13 +29,16 @@ was sent stays uncertain, pooled or not.
 
 from __future__ import annotations
 
+import binascii
 import os
+import re
 import smtplib
 import socket
 import ssl
 import threading
 import time
 from datetime import datetime
+from email import quoprimime
 from email.headerregistry import BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.policy import default as default_policy
@@ -57,6 +60,7 @@ __all__ = [
     "FAULT_ENV",
     "message_id_for",
     "build_message",
+    "render_reply",
     "SendEmailHandler",
     "build_handler",
 ]
@@ -120,6 +124,89 @@ def build_message(command: Event, sender: str, now: datetime, *, to: str | None 
     return message
 
 
+# The headers `render_reply` writes itself: printable ASCII on one line within the policy's length, no
+# encoded-word lookalike ("=?"), not empty. Anything else goes
+# through `build_message`, whose header parsing encodes, folds and refuses.
+_PLAIN_LINE_LENGTH: int = _POLICY.max_line_length or 78
+# A command ID as `derive_id` makes them (a UUID); any other Message-ID goes through the header parser.
+_PLAIN_ID = re.compile(r"[0-9A-Za-z]+(?:-[0-9A-Za-z]+)*")
+_BODY_HEADERS = b'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: '
+
+
+def _plain_header(name: str, value: str) -> str | None:
+    line = f"{name}: {value}"
+    if (
+        len(line) > _PLAIN_LINE_LENGTH
+        or not line.isascii()
+        or not line.isprintable()
+        or "=?" in value
+        or not value
+    ):
+        return None
+    return line
+
+
+def _text_body(text: str) -> tuple[str, bytes]:
+    """The body's transfer encoding and encoded bytes, by the heuristic `EmailMessage.set_content` uses
+    for text with the default policy (7bit, else 8bit for short lines, else the shorter of QP and base64)."""
+    lines = text.encode("utf-8").splitlines()
+    if max((len(line) for line in lines), default=0) <= _PLAIN_LINE_LENGTH:
+        body = b"\n".join(lines) + b"\n"
+        return ("7bit" if body.isascii() else "8bit"), body
+    sniff = b"\n".join(lines[:10]) + b"\n"
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), _PLAIN_LINE_LENGTH)
+    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+        whole = b"\n".join(lines) + b"\n"
+        encoded = b"".join(
+            binascii.b2a_base64(whole[i : i + _BASE64_CHUNK]) for i in range(0, len(whole), _BASE64_CHUNK)
+        )
+        return "base64", encoded
+    if len(lines) <= 10:
+        return "quoted-printable", sniff_qp.encode("ascii")
+    whole_text = (b"\n".join(lines) + b"\n").decode("latin-1")
+    return "quoted-printable", quoprimime.body_encode(whole_text, _PLAIN_LINE_LENGTH).encode("ascii")
+
+
+_BASE64_CHUNK = (_PLAIN_LINE_LENGTH // 4) * 3  # input bytes per base64 line of at most max_line_length
+
+
+def render_reply(command: Event, sender: str, now: datetime, to: str) -> bytes | None:
+    """The reply's bytes, exactly as `build_message(...).as_bytes()` makes them, written directly (that
+    builds and parses every header: ~1.3 ms of CPU per reply against ~50 us here).
+
+    Only for plain headers (see `_plain_header`), `sender` and `to` bare addresses as `parse_address`
+    returns them; None otherwise, and the caller builds the message with `build_message`.
+    """
+    payload = command.payload
+    if not _PLAIN_ID.fullmatch(payload.command_id):
+        return None
+    headers = [
+        ("From", sender),
+        ("To", to),
+        ("Subject", payload.subject),
+        ("Message-ID", message_id_for(payload.command_id)),
+        ("Date", format_datetime(now)),
+    ]
+    if payload.in_reply_to:
+        reference = _angle(payload.in_reply_to)
+        headers += [("In-Reply-To", reference), ("References", reference)]
+    headers.append(("X-PM-Correlation-ID", command.correlation_id))
+    lines = []
+    for name, value in headers:
+        line = _plain_header(name, value)
+        if line is None:
+            return None
+        lines.append(line)
+    try:
+        if parse_address(sender, field="from") != sender or parse_address(to, field="to") != to:
+            return None
+        cte, body = _text_body(payload.body)
+    except (AddressError, UnicodeError):
+        return None  # build_message says why
+    head = "\n".join(lines).encode("ascii")
+    return b"%s\n%s%s\nMIME-Version: 1.0\n\n%s" % (head, _BODY_HEADERS, cte.encode("ascii"), body)
+
+
 class SendEmailHandler:
     step = Step.SEND_EMAIL
 
@@ -163,10 +250,9 @@ class SendEmailHandler:
             to = parse_address(payload.to, field="to")
         except AddressError as exc:  # a spoofed or malformed recipient: never retried, nothing recorded
             raise PermanentError(f"refused recipient: {exc}") from exc
-        message = build_message(command, self.settings.reply_from, now, to=to)
-        _check_recipient(message, to)  # before the ledger and SMTP: a mismatch sends nothing
+        message, message_id = self._reply(command, now, to)
         smtp, pooled = self._session()  # nothing sent yet: failures here are plain errors
-        self.ledger.mark(command_id, SENDING, message_id=message["Message-ID"], to=to, since=now.isoformat())
+        self.ledger.mark(command_id, SENDING, message_id=message_id, to=to, since=now.isoformat())
         try:
             try:
                 response = self._transaction(smtp, message, to)
@@ -200,8 +286,18 @@ class SendEmailHandler:
         if os.environ.get(FAULT_ENV) == "hang-after-data":
             while True:  # fault injection: the process is killed here, between the SMTP DATA and `sent`
                 time.sleep(3600)
-        self.ledger.mark(command_id, SENT, smtp_response=response, message_id=message["Message-ID"])
-        return self._sent(command, now, to, message["Message-ID"], response)
+        self.ledger.mark(command_id, SENT, smtp_response=response, message_id=message_id)
+        return self._sent(command, now, to, message_id, response)
+
+    def _reply(self, command: Event, now: datetime, to: str) -> tuple[bytes, str]:
+        """The reply's bytes and Message-ID: written directly when plain, else built and checked."""
+        sender = self.settings.reply_from
+        raw = render_reply(command, sender, now, to)
+        if raw is not None:
+            return raw, message_id_for(command.payload.command_id)
+        message = build_message(command, sender, now, to=to)
+        _check_recipient(message, to)  # before the ledger and SMTP: a mismatch sends nothing
+        return message.as_bytes(), str(message["Message-ID"])
 
     def _session(self) -> tuple[smtplib.SMTP, bool]:
         """This thread's connection (True: reused from the pool) or a new one."""
@@ -273,7 +369,7 @@ class SendEmailHandler:
             ) from exc
         return smtp
 
-    def _transaction(self, smtp: smtplib.SMTP, message: EmailMessage, to: str) -> str:
+    def _transaction(self, smtp: smtplib.SMTP, message: bytes, to: str) -> str:
         """MAIL, RCPT, DATA; returns the server's reply to DATA.
 
         `_Refused` when refused before delivery, `_Stale` when the connection broke before DATA.
@@ -288,7 +384,7 @@ class SendEmailHandler:
         except (smtplib.SMTPServerDisconnected, OSError) as exc:
             raise _Stale(f"{type(exc).__name__}: {exc}") from exc
         try:
-            code, reply = smtp.data(message.as_bytes())
+            code, reply = smtp.data(message)
         except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354): the content never went
             raise _Refused(exc.smtp_code, f"DATA: {exc.smtp_code} {exc.smtp_error!r}") from exc
         # smtplib returns the reply to the content whatever its code (only `sendmail` checks it): a

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import mailbox
 import os
+import random
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -187,3 +189,51 @@ def test_the_reply_is_built_as_the_standard_policy_builds_it_and_still_refuses_l
     )
     with pytest.raises(ValueError, match="linefeed or carriage return"):
         build_message(injected, "support@shop.example", now)
+
+
+def _tricky_text(rng: random.Random, longest: int) -> str:
+    """Printable ASCII with spaces, or a mix with what a header must not carry as is."""
+    if rng.random() < 0.85:
+        alphabet = string.ascii_letters + string.digits + string.punctuation + " " * 3
+    else:
+        alphabet = string.ascii_letters + "<>()\"'\\@=?:; \t\r\n" + "ü€\u2028"
+    text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, longest)))
+    return rng.choice([text, text + "=?utf-8?q?x?=", "  " + text, text, text, text])
+
+
+def test_a_reply_written_directly_is_byte_for_byte_the_one_the_email_package_builds() -> None:
+    # render_reply writes the reply itself (~50 us against ~1.3 ms) for plain headers only; whatever it
+    # writes must be exactly what build_message(...).as_bytes() would send, and whatever the standard
+    # builder refuses (line breaks, ...) it must leave to it. Seeded, so a failure replays.
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from consumers.send_email import render_reply
+
+    rng = random.Random(20261202)
+    pieces = ["Hello there. ", "x" * 90, "Grüße ", "\n", "\r\n", "=", ".", "\n.\n", "  ", "\t", "€", "From me\n"]
+    written = 0
+    for i in range(6000):
+        base = send_email(to="ana@shop.example")
+        payload = base.payload.model_copy(
+            update={
+                "command_id": rng.choice([base.payload.command_id, _tricky_text(rng, 20) or "k", "a--b"]),
+                "subject": _tricky_text(rng, rng.choice([40, 75])),
+                "body": "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40))),
+                "in_reply_to": rng.choice([None, "", "<m1@mail.example>", _tricky_text(rng, 40)]),
+            }
+        )
+        command = base.model_copy(
+            update={"payload": payload, "correlation_id": rng.choice([base.correlation_id, _tricky_text(rng, 50)])}
+        )
+        now = datetime(2026, 12, 2, 6, i % 60, tzinfo=rng.choice([UTC, timezone(timedelta(hours=-5))]))
+        sender = rng.choice(["support@shop.example"] * 3 + ["Support <support@shop.example>"])
+        direct = render_reply(command, sender, now, "ana@shop.example")
+        if direct is None:
+            continue
+        written += 1
+        try:
+            built: object = build_message(command, sender, now, to="ana@shop.example").as_bytes()
+        except Exception as exc:  # noqa: BLE001 - a refusal the direct writer must not have skipped
+            built = exc
+        assert direct == built, (command.payload, command.correlation_id, sender)
+    assert written > 500  # the plain case is exercised, not only the fallback
