@@ -274,6 +274,23 @@ def test_a_result_goes_out_when_its_handler_returns_not_at_the_next_poll(topics:
     assert waited < 3.0, f"the result took {waited:.1f} s after its handler returned: it waited for the poll"
 
 
+def test_a_lone_command_is_not_held_for_a_batch_of_records(topics: Config) -> None:
+    # Under load the consumer thread takes up to `consume_batch` records per loop; `consume(n, timeout)`
+    # would hold a lone record until n arrived or the poll timeout (6 s here) ran out.
+    started: list[float] = []
+    consumer = StepConsumer(topics, Scripted(lambda command, call: started.append(time.monotonic())))
+    consumer.poll_timeout = 6.0
+    assert consumer.consume_batch > 1
+    reader = Reader(topics)
+    with running(consumer):
+        produce(topics, fetch_order("first"))
+        reader.take(1, timeout=30)  # joined and fetching
+        produced = time.monotonic()
+        produce(topics, fetch_order("lone"))
+        reader.take(1, timeout=30)
+    assert started[-1] - produced < 3.0, f"the command waited {started[-1] - produced:.1f} s to start"
+
+
 def test_results_of_a_busy_consumer_are_batched_and_a_lone_one_goes_at_once(topics: Config) -> None:
     # The broker's cost follows produce requests: results produced while other commands are in flight
     # go through the batching producer (linger BULK_LINGER_MS); a result produced alone does not wait.

@@ -24,8 +24,10 @@ command never blocks other correlation IDs and a crash never skips an unfinished
 (redelivery is safe: the ledger answers).
 
 Backpressure: at most `concurrency` handlers run; up to `max_buffered` more commands wait
-locally (default `max(4 * concurrency, 64)`). When that buffer is full the assigned partitions
-are paused, and resumed once half of it has drained - not at every freed slot, because a
+locally (default `max(4 * concurrency, 64)`; the consumer thread takes up to `consume_batch`
+records per loop, a quarter of that buffer or 32, so it can pass it by fewer). When that buffer
+is full the assigned partitions are paused, and resumed once half of it has drained - not at
+every freed slot, because a
 pause/resume cycle is expensive: librdkafka drops the prefetched records on pause, and on
 resume its fetcher thread, which sleeps up to 1 s while it has nothing to fetch, is not woken
 (the fetch state stays "active"). `_resume` therefore seeks every resumed partition to its
@@ -86,6 +88,7 @@ RESULT_MARGIN = 4096  # bytes of a record beside its value (key, trace headers, 
 # requests (a quarter less broker CPU per process under load in bench e2e). Any other result goes at
 # once (linger 0) through the express producer: each step hop of an unloaded process, and a process's
 # own fan-out (commands issued together: the first result used to wait 50 ms for a request of its own).
+CONSUME_BATCH = 32  # records at most per loop of the consumer thread (see `_fetched`)
 BULK_LINGER_MS = 50
 BULK_WHEN_IN_FLIGHT = 4
 EXPRESS_LINGER_MS = 0
@@ -220,6 +223,8 @@ class StepConsumer:
         self.concurrency = concurrency
         # Commands polled but not started; together with the running ones, what pauses a step's topic.
         self.max_buffered = max_buffered if max_buffered is not None else max(4 * concurrency, 64)
+        # Records taken per loop: a step's buffer can overshoot `max_buffered` by fewer than this.
+        self.consume_batch = max(1, min(CONSUME_BATCH, self.max_buffered // 4))
         self._lanes: dict[str, _Lane] = {}  # physical cmd topic -> lane
         for step, step_handler in zip(steps, handlers, strict=True):
             topic = config.topic(f"cmd.{step}")
@@ -292,17 +297,16 @@ class StepConsumer:
                     # Nothing to fetch: wait for a finished command (the next resume), not for a record;
                     # poll(0) still serves rebalances and errors.
                     self._service(wait=self.poll_timeout)
-                    msg = self._consumer.poll(0)
+                    messages = self._one(self._consumer.poll(0))
                 else:
                     self._service()
-                    msg = self._consumer.poll(self.poll_timeout)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    self._on_error(error)
-                    continue
-                self._receive(msg)
+                    messages = self._fetched()
+                for msg in messages:
+                    error = msg.error()
+                    if error is not None:
+                        self._on_error(error)
+                        continue
+                    self._receive(msg)
             self._shutdown()
         finally:
             if not self._stopping.is_set():  # a failure, not `_shutdown`: queued commands stay
@@ -318,6 +322,20 @@ class StepConsumer:
             for lane in lanes:
                 if lane.ledger is not None:
                     lane.ledger.close()
+
+    def _fetched(self) -> list[Message]:
+        """The records fetched already (up to `consume_batch`), else the first within `poll_timeout`.
+
+        Under load one loop takes several records (a `_service` and a poll per batch, not per record);
+        `consume(n, timeout)` itself would hold a lone record until n arrive or the timeout ends.
+        """
+        assert self._consumer is not None
+        messages = self._consumer.consume(self.consume_batch, 0)
+        return messages if messages else self._one(self._consumer.poll(self.poll_timeout))
+
+    @staticmethod
+    def _one(msg: Message | None) -> list[Message]:
+        return [] if msg is None else [msg]
 
     def _producers(self) -> tuple[Producer, Producer]:
         """The express producer and the batching one (both made by `run`)."""
