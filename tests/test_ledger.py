@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 from pm.steps.ledger import COMPLETED, Ledger
 
@@ -27,3 +30,58 @@ def test_complete_keeps_what_an_earlier_run_marked(tmp_path: Path) -> None:
         assert before is not None and before.state == "sending"
         assert second.complete("c1", b"failed").detail == {"to": "a@example.com"}
         assert second.complete("c2", b"ok").detail == {}
+
+
+class _GatedSync:
+    """The ledger's database with a WAL sync that waits for the test's gate, counting the syncs."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.syncs = 0
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def flush_wal(self, sync: bool) -> None:
+        self.syncs += 1
+        self.entered.set()
+        assert self.gate.wait(10)
+        self.db.flush_wal(sync)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def _mark_in_thread(ledger: Ledger, command_id: str) -> tuple[threading.Thread, threading.Event]:
+    returned = threading.Event()
+
+    def mark() -> None:
+        ledger.mark(command_id, "sending", to="a@example.com")
+        returned.set()
+
+    thread = threading.Thread(target=mark, daemon=True)
+    thread.start()
+    return thread, returned
+
+
+def test_a_mark_returns_only_after_the_log_is_synced_and_concurrent_marks_share_a_sync(tmp_path: Path) -> None:
+    # `sending` must be on disk before the SMTP transaction starts (send-email): mark returns after a
+    # WAL sync that covers its write. Marks written while a sync runs wait for the next one, together.
+    with Ledger(tmp_path / "l") as ledger:
+        gated = _GatedSync(ledger._db)
+        ledger._db = gated
+        first, first_returned = _mark_in_thread(ledger, "c0")
+        assert gated.entered.wait(5), "mark never synced the write-ahead log"
+        assert not first_returned.is_set()  # held inside its sync: not durable yet, not returned
+        others = [_mark_in_thread(ledger, f"c{i}") for i in range(1, 8)]
+        deadline = time.monotonic() + 10
+        while ledger._written < 8 and time.monotonic() < deadline:  # all written, waiting for a sync
+            time.sleep(0.01)
+        assert ledger._written == 8 and not any(returned.is_set() for _, returned in others)
+        gated.gate.set()
+        for thread, _ in [(first, first_returned), *others]:
+            thread.join(10)
+        assert first_returned.is_set() and all(returned.is_set() for _, returned in others)
+        assert gated.syncs == 2  # the first mark's own, then one for the seven written during it
+        ledger._db = gated.db
+    with Ledger(tmp_path / "l") as reopened:
+        assert all((entry := reopened.get(f"c{i}")) is not None and entry.state == "sending" for i in range(8))

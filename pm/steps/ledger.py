@@ -3,8 +3,13 @@
 The base records every completed command with the exact bytes of its result, so a
 redelivered command re-publishes the same result instead of running the handler
 again. Handlers with side effects that cannot be undone (sending a message, a payment) mark
-intermediate states through the same ledger (`mark`), written synchronously (fsync) before
-and after the side effect, so a crash between the two is visible after a restart.
+intermediate states through the same ledger (`mark`), durable (fsync) before `mark` returns,
+before and after the side effect, so a crash between the two is visible after a restart.
+
+`mark` commits as a group: it writes without an fsync, then waits for a sync of the write-ahead
+log that covers its write. One thread syncs while marks written meanwhile wait for the next one,
+so concurrent marks share an fsync, and the GIL is free during it (a synced put kept it for the
+whole fsync, ~0.3 ms in which no other thread of the consumer ran).
 
 `complete` (every command's result) goes to RocksDB's write-ahead log without an fsync: it
 survives a crash of the process (kill -9), and only a crash of the machine can lose it. Then
@@ -96,6 +101,11 @@ class Ledger:
         self._unsynced.sync = False
         self._lock = threading.Lock()
         self._closed = False
+        # Group commit (`_sync_through`): writes are numbered; `_synced` is the last one a WAL sync covered.
+        self._written = 0
+        self._synced = 0
+        self._syncing = False
+        self._sync_done = threading.Condition()
 
     def get(self, command_id: str) -> LedgerEntry | None:
         with self._lock:
@@ -117,8 +127,34 @@ class Ledger:
             if previous is not None and previous.completed:
                 raise LedgerError(f"command {command_id} is already completed")
             entry = LedgerEntry(state=state, detail={**(previous.detail if previous else {}), **detail})
-            self._db.put(command_id.encode(), entry.to_bytes())
+            self._db.put(command_id.encode(), entry.to_bytes(), write_opt=self._unsynced)
+            self._written += 1
+            ticket = self._written
+        self._sync_through(ticket)
         return entry
+
+    def _sync_through(self, ticket: int) -> None:
+        """Return once a WAL sync covered write number `ticket`: run one, or wait for the one running."""
+        with self._sync_done:
+            while self._synced < ticket and self._syncing:
+                self._sync_done.wait()
+            if self._synced >= ticket:
+                return
+            self._syncing = True
+        synced = False
+        try:
+            with self._lock:
+                covered = self._written  # every write numbered so far has returned from its put
+                if self._closed:
+                    raise LedgerError(f"the step ledger at {self.path} is closed")
+            self._db.flush_wal(True)  # fsync of the write-ahead log, without the GIL
+            synced = True
+        finally:
+            with self._sync_done:
+                self._syncing = False
+                if synced:
+                    self._synced = max(self._synced, covered)
+                self._sync_done.notify_all()  # a failed sync: the next waiter tries its own
 
     def complete(self, command_id: str, result: bytes) -> LedgerEntry:
         """Record the command's result (keeping any handler details); later deliveries re-publish it."""
@@ -131,9 +167,14 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                self._db.close()
+            if self._closed:
+                return
+            self._closed = True  # no WAL sync starts from here on (`_sync_through` checks it)
+        with self._sync_done:  # and the one running, if any, ends before the database does
+            while self._syncing:
+                self._sync_done.wait()
+        with self._lock:
+            self._db.close()
 
     def __enter__(self) -> Ledger:
         return self
