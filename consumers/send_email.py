@@ -1,7 +1,8 @@
 """send-email: the reply over SMTP, at most once per command, even across crashes.
 
-The ledger gets `sending` (durably) before the SMTP transaction starts and `sent` (the
-server's response to DATA and the Message-ID) after it. A command found in `sending`
+The ledger gets `sending` (durably: fsync'd) before the SMTP transaction starts and `sent` (the
+server's response to DATA and the Message-ID) after it, written at once and fsync'd with the next
+`sending` (a process crash keeps it; a power loss can take it back to `sending`). A command found in `sending`
 means a previous run died mid-transaction: the message may or may not have gone out, so
 the result is an *uncertain* `StepFailed` (retryable=False) for a human, never a resend.
 A command found in `sent` (crash after SMTP, before the result was recorded) gets its
@@ -286,7 +287,9 @@ class SendEmailHandler:
         if os.environ.get(FAULT_ENV) == "hang-after-data":
             while True:  # fault injection: the process is killed here, between the SMTP DATA and `sent`
                 time.sleep(3600)
-        self.ledger.mark(command_id, SENT, smtp_response=response, message_id=message_id)
+        # Not synced on its own (the next `sending` mark's sync covers it): a power loss right here leaves
+        # the entry `sending`, which escalates as uncertain and never sends twice. kill -9 keeps it.
+        self.ledger.mark(command_id, SENT, durable=False, smtp_response=response, message_id=message_id)
         return self._sent(command, now, to, message_id, response)
 
     def _reply(self, command: Event, now: datetime, to: str) -> tuple[bytes, str]:

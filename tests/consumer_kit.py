@@ -168,3 +168,22 @@ def running(consumer: StepConsumer) -> Iterator[StepConsumer]:
         assert not thread.is_alive(), "consumer did not stop"
     if errors:
         raise errors[0]
+
+
+class GatedSync:
+    """A step ledger's database (`ledger._db`) whose WAL sync waits for the test's gate, counting syncs."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.syncs = 0
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def flush_wal(self, sync: bool) -> None:
+        self.syncs += 1
+        self.entered.set()
+        assert self.gate.wait(10)
+        self.db.flush_wal(sync)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)

@@ -9,12 +9,13 @@ import signal
 import string
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from consumer_kit import Reader, produce, running, send_email
+from consumer_kit import GatedSync, Reader, produce, running, send_email
 from test_runtime_support import read_topic
 
 from consumers import load_handler
@@ -26,7 +27,7 @@ from customer_email.events import EmailSent
 from pm.broker import free_port
 from pm.codec import decode
 from pm.config import Config
-from pm.events import StepFailed
+from pm.events import Event, StepFailed
 from pm.steps.consumer import StepConsumer
 from pm.steps.handler import PermanentError
 from pm.steps.ledger import Ledger, ledger_path
@@ -82,6 +83,37 @@ def test_refused_recipient_sends_nothing_and_leaves_the_ledger_alone(
     finally:
         ledger.close()
     assert sink.messages() == []
+
+
+def test_the_smtp_transaction_starts_only_once_sending_is_synced_and_sent_is_not_synced_alone(
+    tmp_path: Path, sink: SmtpSink
+) -> None:
+    # At most once rests on `sending` being on disk before SMTP starts. The handler is held inside
+    # that mark's WAL sync: no transaction may have reached the server by then.
+    config = Config(state_dir=tmp_path / "state").with_settings(smtp_port=sink.port)
+    handler = SendEmailHandler(config)
+    ledger = Ledger(tmp_path / "ledger")
+    gated = GatedSync(ledger._db)
+    ledger._db = gated
+    handler.use_ledger(ledger)
+    command = send_email(to="jane@example.com")
+    results: list[Event] = []
+    thread = threading.Thread(target=lambda: results.append(handler.handle(command, command.occurred_at)))
+    try:
+        thread.start()
+        assert gated.entered.wait(10), "the handler never synced the ledger"
+        assert sink.transactions == 0  # held in the sync of `sending`: nothing sent yet
+        gated.gate.set()
+        thread.join(20)
+        assert [type(r) for r in results] == [EmailSent] and sink.transactions == 1
+        assert gated.syncs == 1  # `sent` waits for the next `sending`'s sync
+        entry = ledger.get(command.payload.command_id)
+        assert entry is not None and entry.state == "sent"
+    finally:
+        gated.gate.set()
+        thread.join(20)
+        ledger._db = gated.db
+        ledger.close()
 
 
 def test_spoofed_recipient_is_a_failed_result_and_a_plain_one_is_delivered(

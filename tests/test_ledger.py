@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Any
+
+from consumer_kit import GatedSync
 
 from pm.steps.ledger import COMPLETED, Ledger
 
@@ -32,25 +33,6 @@ def test_complete_keeps_what_an_earlier_run_marked(tmp_path: Path) -> None:
         assert second.complete("c2", b"ok").detail == {}
 
 
-class _GatedSync:
-    """The ledger's database with a WAL sync that waits for the test's gate, counting the syncs."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-        self.syncs = 0
-        self.entered = threading.Event()
-        self.gate = threading.Event()
-
-    def flush_wal(self, sync: bool) -> None:
-        self.syncs += 1
-        self.entered.set()
-        assert self.gate.wait(10)
-        self.db.flush_wal(sync)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
-
-
 def _mark_in_thread(ledger: Ledger, command_id: str) -> tuple[threading.Thread, threading.Event]:
     returned = threading.Event()
 
@@ -67,7 +49,7 @@ def test_a_mark_returns_only_after_the_log_is_synced_and_concurrent_marks_share_
     # `sending` must be on disk before the SMTP transaction starts (send-email): mark returns after a
     # WAL sync that covers its write. Marks written while a sync runs wait for the next one, together.
     with Ledger(tmp_path / "l") as ledger:
-        gated = _GatedSync(ledger._db)
+        gated = GatedSync(ledger._db)
         ledger._db = gated
         first, first_returned = _mark_in_thread(ledger, "c0")
         assert gated.entered.wait(5), "mark never synced the write-ahead log"
@@ -85,3 +67,18 @@ def test_a_mark_returns_only_after_the_log_is_synced_and_concurrent_marks_share_
         ledger._db = gated.db
     with Ledger(tmp_path / "l") as reopened:
         assert all((entry := reopened.get(f"c{i}")) is not None and entry.state == "sending" for i in range(8))
+
+
+def test_a_mark_that_need_not_be_durable_is_synced_with_the_next_durable_one(tmp_path: Path) -> None:
+    # send-email's `sent` (after SMTP) is not fsync'd alone: the next `sending` mark's sync covers it.
+    with Ledger(tmp_path / "l") as ledger:
+        gated = GatedSync(ledger._db)
+        ledger._db = gated
+        ledger.mark("c1", "sent", durable=False, smtp_response="250 ok")  # returns with the gate shut
+        assert gated.syncs == 0 and ledger._synced == 0
+        thread, returned = _mark_in_thread(ledger, "c2")
+        assert gated.entered.wait(5)
+        gated.gate.set()
+        thread.join(10)
+        assert returned.is_set() and gated.syncs == 1 and ledger._synced == 2  # both writes covered
+        ledger._db = gated.db

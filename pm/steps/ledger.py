@@ -4,7 +4,8 @@ The base records every completed command with the exact bytes of its result, so 
 redelivered command re-publishes the same result instead of running the handler
 again. Handlers with side effects that cannot be undone (sending a message, a payment) mark
 intermediate states through the same ledger (`mark`), durable (fsync) before `mark` returns,
-before and after the side effect, so a crash between the two is visible after a restart.
+before the side effect (and after it, unless marked `durable=False`), so a crash between the two
+is visible after a restart.
 
 `mark` commits as a group: it writes without an fsync, then waits for a sync of the write-ahead
 log that covers its write. One thread syncs while marks written meanwhile wait for the next one,
@@ -117,8 +118,12 @@ class Ledger:
         except (ValueError, KeyError, TypeError) as exc:
             raise LedgerError(f"ledger entry for command {command_id} is unreadable: {exc}") from exc
 
-    def mark(self, command_id: str, state: str, **detail: Any) -> LedgerEntry:
-        """Record an intermediate state (merging `detail` into what is there); durable when this returns."""
+    def mark(self, command_id: str, state: str, *, durable: bool = True, **detail: Any) -> LedgerEntry:
+        """Record an intermediate state (merging `detail` into what is there); durable when this returns.
+
+        `durable=False`: written like `complete` (survives kill -9, not a power loss), and synced with
+        the next durable mark. For a state whose loss only costs a worse recovery, never a repeat.
+        """
         if state == COMPLETED:
             raise ValueError("use complete() to record a result")
         with self._lock:
@@ -130,7 +135,8 @@ class Ledger:
             self._db.put(command_id.encode(), entry.to_bytes(), write_opt=self._unsynced)
             self._written += 1
             ticket = self._written
-        self._sync_through(ticket)
+        if durable:
+            self._sync_through(ticket)
         return entry
 
     def _sync_through(self, ticket: int) -> None:
