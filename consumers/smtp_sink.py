@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from customer_email.settings import EmailSettings
 from pm.config import Config
@@ -100,13 +101,38 @@ def _checked(mode: str) -> Mode:
     return mode
 
 
+class _Server(SMTP):
+    """aiosmtpd's server with its address parsing remembered. `SMTP._getaddr` defines a `typing.Protocol`
+    class and runs the e-mail header parser for every MAIL FROM and RCPT TO (~45 % of this sink's CPU),
+    while a sink sees the same few addresses again and again. The answer depends only on the argument
+    and `local_part_limit`, so it is the same answer; the memo is bounded."""
+
+    _addresses: dict[tuple[str, int], tuple[str | None, str | None]] = {}
+    MEMO_SIZE = 1024
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        key = (arg, self.local_part_limit)
+        known = self._addresses.get(key)
+        if known is None:
+            known = super()._getaddr(arg)
+            if len(self._addresses) >= self.MEMO_SIZE:
+                self._addresses.clear()
+            self._addresses[key] = known
+        return known
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _Server(self.handler, **self.SMTP_kwargs)
+
+
 class SmtpSink:
     """The server on `host:port` (port 0 is not supported by aiosmtpd's readiness check: pick a free one)."""
 
     def __init__(self, maildir: Path, host: str = "127.0.0.1", port: int = 8025, mode: Mode = ACCEPT) -> None:
         self.maildir = Path(maildir)
         self.handler = MaildirHandler(self.maildir, mode)
-        self.controller = Controller(self.handler, hostname=host, port=port)
+        self.controller = _Controller(self.handler, hostname=host, port=port)
 
     @property
     def mode(self) -> Mode:
