@@ -6,6 +6,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from consumer_kit import GatedSync
 
 from pm.steps.ledger import COMPLETED, Ledger
@@ -82,3 +83,34 @@ def test_a_mark_that_need_not_be_durable_is_synced_with_the_next_durable_one(tmp
         thread.join(10)
         assert returned.is_set() and gated.syncs == 1 and ledger._synced == 2  # both writes covered
         ledger._db = gated.db
+
+
+def test_entries_with_a_result_carry_it_raw_and_older_base64_entries_still_read(tmp_path: Path) -> None:
+    import base64
+    import json
+
+    from pm.steps.ledger import RESULT_FORMAT, LedgerEntry, LedgerError
+
+    result = bytes(range(256)) * 12  # any bytes, "{" and the format byte included
+    entry = LedgerEntry(state=COMPLETED, detail={"to": "a@example.com"}, result=result)
+    raw = entry.to_bytes()
+    assert raw[:1] == RESULT_FORMAT and raw.endswith(result) and len(raw) < len(result) + 64
+    assert LedgerEntry.from_bytes(raw) == entry
+    marked = LedgerEntry(state="sending", detail={"since": "now"})
+    assert marked.to_bytes()[:1] == b"{" and LedgerEntry.from_bytes(marked.to_bytes()) == marked
+    old = json.dumps(
+        {"state": COMPLETED, "detail": {"to": "a@example.com"}, "result": base64.b64encode(result).decode()},
+        sort_keys=True,
+    ).encode()  # as ledgers were written before
+    assert LedgerEntry.from_bytes(old) == entry
+    with Ledger(tmp_path / "l") as ledger:
+        ledger._db[b"old"] = old
+        ledger._db[b"cut"] = raw[:3]
+        ledger._db[b"short"] = raw[:20]
+        ledger._db[b"list"] = b"[1]"
+        assert ledger.get("old") == entry
+        for key in ("cut", "short", "list"):
+            with pytest.raises(LedgerError, match="unreadable"):
+                ledger.get(key)
+        ledger.complete("c1", result)
+        assert ledger.get("c1") == LedgerEntry(state=COMPLETED, detail={}, result=result)

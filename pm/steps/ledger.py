@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import json
+import struct
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ from pm.errors import PmError
 __all__ = ["COMPLETED", "Ledger", "LedgerEntry", "LedgerError", "ledger_path"]
 
 COMPLETED = "completed"
+RESULT_FORMAT = b"\x02"  # first byte of an entry with a result (a JSON entry starts with "{")
+_LENGTH = struct.Struct(">I")
 
 
 class LedgerError(PmError):
@@ -59,20 +62,40 @@ class LedgerEntry:
         return self.state == COMPLETED
 
     def to_bytes(self) -> bytes:
-        data: dict[str, Any] = {"state": self.state, "detail": self.detail}
-        if self.result is not None:
-            data["result"] = base64.b64encode(self.result).decode("ascii")
-        return json.dumps(data, sort_keys=True).encode()
+        """JSON `{"state", "detail"}`; with a result, `RESULT_FORMAT`, the JSON's length, the JSON, the result.
+
+        (The result used to be base64 inside the JSON: 25 us and a third more bytes per 3 KB result.)
+        """
+        header = json.dumps({"state": self.state, "detail": self.detail}, sort_keys=True).encode()
+        if self.result is None:
+            return header
+        return RESULT_FORMAT + _LENGTH.pack(len(header)) + header + self.result
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> LedgerEntry:
-        data = json.loads(raw)
-        result = data.get("result")
-        return cls(
-            state=str(data["state"]),
-            detail=dict(data.get("detail") or {}),
-            result=None if result is None else base64.b64decode(result),
-        )
+        """Either form `to_bytes` writes, or the JSON with a base64 `result` of ledgers written before."""
+        result: bytes | None = None
+        if raw[:1] == RESULT_FORMAT:
+            start = 1 + _LENGTH.size
+            if len(raw) < start:
+                raise ValueError(f"an entry of {len(raw)} bytes is too short for its header's length")
+            (length,) = _LENGTH.unpack_from(raw, 1)
+            if start + length > len(raw):
+                raise ValueError(f"entry header of {length} bytes runs past the {len(raw)}-byte entry")
+            data = _object(raw[start : start + length])
+            result = raw[start + length :]
+        else:
+            data = _object(raw)
+            if data.get("result") is not None:
+                result = base64.b64decode(data["result"], validate=True)
+        return cls(state=str(data["state"]), detail=dict(data.get("detail") or {}), result=result)
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError(f"a ledger entry's header is a JSON {type(data).__name__}, not an object")
+    return data
 
 
 def ledger_path(config: Config, step: str) -> Path:
