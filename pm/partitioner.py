@@ -8,6 +8,8 @@ that a record sits where its key says (a record anywhere else would split its pr
 
 from __future__ import annotations
 
+import functools
+
 __all__ = ["murmur2", "partition_for"]
 
 _SEED = 0x9747B28C
@@ -50,4 +52,16 @@ def partition_for(key: bytes, partitions: int) -> int:
     """The partition Java's producer (and librdkafka's murmur2_random) picks for a non-null key."""
     if partitions <= 0:
         raise ValueError(f"partitions must be positive, got {partitions}")
+    if len(key) <= MEMO_KEY_BYTES:  # a process's inputs share its key: hash it once (~10 us each)
+        return _remembered(bytes(key), partitions)
+    return _partition(key, partitions)
+
+
+MEMO_KEY_BYTES = 64  # correlation IDs; a longer key is hashed every time (the memo stays small)
+
+
+def _partition(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions  # Java's Utils.toPositive: drop the sign bit
+
+
+_remembered = functools.lru_cache(maxsize=16_384)(_partition)

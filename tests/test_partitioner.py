@@ -119,3 +119,14 @@ def test_a_murmur2_random_producer_places_every_key_where_partition_for_says(con
     finally:
         consumer.close()
     assert stored == {key: partition_for(key, partitions) for key in keys}
+
+
+def test_partition_for_is_the_same_whether_remembered_or_not() -> None:
+    # Short keys (correlation IDs) go through a bounded memo; longer ones are hashed every time.
+    keys = [b"", b"a", b"0f3c2a9e-1b2c-5d3e-8f40-123456789abc", b"x" * 64, b"x" * 65, b"y" * 5000]
+    for key in keys:
+        for partitions in (1, 6, 7):
+            expected = (murmur2(key) & 0x7FFFFFFF) % partitions
+            assert partition_for(key, partitions) == expected
+            assert partition_for(key, partitions) == expected  # again, from the memo for short keys
+            assert partition_for(bytearray(key), partitions) == expected
