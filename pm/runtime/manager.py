@@ -48,6 +48,7 @@ from pm.timers import TimerService, fired_event
 from pm.topics import check_topics, load_layout
 
 TIMERS_TOPIC = "pm.timers"
+PREFETCHED_PER_PARTITION = 3  # fetched, not yet handled: past this a partition skips fetches (see start)
 
 
 @dataclass
@@ -221,6 +222,13 @@ class ProcessManager:
                 # librdkafka's own statistics carry the per-partition lag (see _on_stats).
                 "statistics.interval.ms": 15_000,
                 "stats_cb": self._on_stats,
+                # While a batch is decided and committed, a partition that already holds this many
+                # fetched records is left out of the next fetches (checked again every 10 ms): under
+                # load fewer, smaller fetches (the broker's CPU per e-mail -20 to -30 %, bench/RESULTS.md
+                # session 14); unloaded, one hop's records (a fan-in's results share a partition) stay
+                # below it, so no hop waits. librdkafka's default (100,000) never leaves one out.
+                "queued.min.messages": PREFETCHED_PER_PARTITION,
+                "fetch.queue.backoff.ms": 10,
             },
         )
         topics = [self.config.topic(t) for t in self._input_topics]
