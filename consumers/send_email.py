@@ -2,8 +2,8 @@
 
 The ledger gets `sending` (durably: fsync'd) before the SMTP transaction starts and `sent` (the
 server's response to DATA and the Message-ID) after it, written at once and fsync'd with the next
-`sending` (a process crash keeps it; a power loss can take it back to `sending`). A command found in `sending`
-means a previous run died mid-transaction: the message may or may not have gone out, so
+`sending` (a process crash keeps it; a power loss can take it back to `sending`). A command found
+in `sending` means a previous run died mid-transaction: the message may or may not have gone out, so
 the result is an *uncertain* `StepFailed` (retryable=False) for a human, never a resend.
 A command found in `sent` (crash after SMTP, before the result was recorded) gets its
 `EmailSent` rebuilt from the ledger, without sending again. When the server refuses
@@ -126,12 +126,13 @@ def build_message(command: Event, sender: str, now: datetime, *, to: str | None 
 
 
 # The headers `render_reply` writes itself: printable ASCII on one line within the policy's length, no
-# encoded-word lookalike ("=?"), not empty. Anything else goes
-# through `build_message`, whose header parsing encodes, folds and refuses.
+# encoded-word lookalike ("=?"), not empty. Anything else goes through `build_message`, whose header
+# parsing encodes, folds and refuses.
 _PLAIN_LINE_LENGTH: int = _POLICY.max_line_length or 78
 # A command ID as `derive_id` makes them (a UUID); any other Message-ID goes through the header parser.
 _PLAIN_ID = re.compile(r"[0-9A-Za-z]+(?:-[0-9A-Za-z]+)*")
 _BODY_HEADERS = b'Content-Type: text/plain; charset="utf-8"\nContent-Transfer-Encoding: '
+_BASE64_CHUNK = (_PLAIN_LINE_LENGTH // 4) * 3  # input bytes per base64 line of at most max_line_length
 
 
 def _plain_header(name: str, value: str) -> str | None:
@@ -151,24 +152,19 @@ def _text_body(text: str) -> tuple[str, bytes]:
     """The body's transfer encoding and encoded bytes, by the heuristic `EmailMessage.set_content` uses
     for text with the default policy (7bit, else 8bit for short lines, else the shorter of QP and base64)."""
     lines = text.encode("utf-8").splitlines()
+    whole = b"\n".join(lines) + b"\n"
     if max((len(line) for line in lines), default=0) <= _PLAIN_LINE_LENGTH:
-        body = b"\n".join(lines) + b"\n"
-        return ("7bit" if body.isascii() else "8bit"), body
-    sniff = b"\n".join(lines[:10]) + b"\n"
+        return ("7bit" if whole.isascii() else "8bit"), whole
+    # The choice is made on the first ten lines, as the standard library makes it.
+    sniff = whole if len(lines) <= 10 else b"\n".join(lines[:10]) + b"\n"
     sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), _PLAIN_LINE_LENGTH)
     if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
-        whole = b"\n".join(lines) + b"\n"
-        encoded = b"".join(
-            binascii.b2a_base64(whole[i : i + _BASE64_CHUNK]) for i in range(0, len(whole), _BASE64_CHUNK)
-        )
-        return "base64", encoded
-    if len(lines) <= 10:
+        chunks = range(0, len(whole), _BASE64_CHUNK)
+        return "base64", b"".join(binascii.b2a_base64(whole[i : i + _BASE64_CHUNK]) for i in chunks)
+    if sniff is whole:
         return "quoted-printable", sniff_qp.encode("ascii")
-    whole_text = (b"\n".join(lines) + b"\n").decode("latin-1")
-    return "quoted-printable", quoprimime.body_encode(whole_text, _PLAIN_LINE_LENGTH).encode("ascii")
-
-
-_BASE64_CHUNK = (_PLAIN_LINE_LENGTH // 4) * 3  # input bytes per base64 line of at most max_line_length
+    encoded = quoprimime.body_encode(whole.decode("latin-1"), _PLAIN_LINE_LENGTH)
+    return "quoted-printable", encoded.encode("ascii")
 
 
 def render_reply(command: Event, sender: str, now: datetime, to: str) -> bytes | None:

@@ -224,9 +224,10 @@ class ProcessManager:
                 "stats_cb": self._on_stats,
                 # While a batch is decided and committed, a partition that already holds this many
                 # fetched records is left out of the next fetches (checked again every 10 ms): under
-                # load fewer, smaller fetches (the broker's CPU per process -10 to -30 % in four alternating
-                # pairs, bench/RESULTS.md session 14); unloaded, one hop's records (a fan-in's results share a partition) stay
-                # below it, so no hop waits. librdkafka's default (100,000) never leaves one out.
+                # load fewer, smaller fetches (the broker's CPU per process -10 to -30 % in four
+                # alternating pairs, bench/RESULTS.md session 14); unloaded, one hop's records (a
+                # fan-in's results share a partition) stay below it, so no hop waits. librdkafka's
+                # default (100,000) never leaves one out.
                 "queued.min.messages": PREFETCHED_PER_PARTITION,
                 "fetch.queue.backoff.ms": 10,
             },

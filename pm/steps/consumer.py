@@ -27,11 +27,10 @@ Backpressure: at most `concurrency` handlers run; up to `max_buffered` more comm
 locally (default `max(4 * concurrency, 64)`; the consumer thread takes up to `consume_batch`
 records per loop, a quarter of that buffer or 32, so it can pass it by fewer). When that buffer
 is full the assigned partitions are paused, and resumed once half of it has drained - not at
-every freed slot, because a
-pause/resume cycle is expensive: librdkafka drops the prefetched records on pause, and on
-resume its fetcher thread, which sleeps up to 1 s while it has nothing to fetch, is not woken
-(the fetch state stays "active"). `_resume` therefore seeks every resumed partition to its
-position: a no-op for the offsets, but a fetch-state change, which wakes the fetcher at once.
+every freed slot, because a pause/resume cycle is expensive: librdkafka drops the prefetched
+records on pause, and on resume its fetcher thread, which sleeps up to 1 s while it has nothing
+to fetch, is not woken (the fetch state stays "active"). `_resume` therefore seeks every resumed
+partition to its position: a no-op for the offsets, but a fetch-state change, which wakes the fetcher at once.
 A rebalance does not end a pause: partitions handed over while a step's buffer is full are paused
 with the rest of its topic, and `_resume` resumes the step's whole assignment. Steps sharing a
 consumer share its rebalances: while a revoke waits for the revoked partitions' running commands

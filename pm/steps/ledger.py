@@ -62,7 +62,8 @@ class LedgerEntry:
         return self.state == COMPLETED
 
     def to_bytes(self) -> bytes:
-        """JSON `{"state", "detail"}`; with a result, `RESULT_FORMAT`, the JSON's length, the JSON, the result.
+        """JSON `{"state", "detail"}`; with a result: `RESULT_FORMAT`, the JSON's length, the JSON, the
+        result.
 
         (The result used to be base64 inside the JSON: 25 us and a third more bytes per 3 KB result.)
         """
@@ -118,11 +119,11 @@ class Ledger:
             raise LedgerError(
                 f"cannot open the step ledger at {path}: {exc} (is another consumer using it?)"
             ) from exc
-        write = WriteOptions()
-        write.sync = True
-        self._db.set_write_options(write)
-        self._unsynced = WriteOptions()  # write-ahead log, no fsync: see the module doc
-        self._unsynced.sync = False
+        # Every write goes to the write-ahead log without an fsync; what must be durable waits for a
+        # WAL sync that covers it (`_sync_through`). See the module doc.
+        unsynced = WriteOptions()
+        unsynced.sync = False
+        self._db.set_write_options(unsynced)
         self._lock = threading.Lock()
         self._closed = False
         # Group commit (`_sync_through`): writes are numbered; `_synced` is the last one a WAL sync covered.
@@ -155,7 +156,7 @@ class Ledger:
             if previous is not None and previous.completed:
                 raise LedgerError(f"command {command_id} is already completed")
             entry = LedgerEntry(state=state, detail={**(previous.detail if previous else {}), **detail})
-            self._db.put(command_id.encode(), entry.to_bytes(), write_opt=self._unsynced)
+            self._db.put(command_id.encode(), entry.to_bytes())
             self._written += 1
             ticket = self._written
         if durable:
@@ -191,7 +192,7 @@ class Ledger:
             raw = self._db.get(command_id.encode())
             detail = LedgerEntry.from_bytes(raw).detail if raw is not None else {}
             entry = LedgerEntry(state=COMPLETED, detail=detail, result=result)
-            self._db.put(command_id.encode(), entry.to_bytes(), write_opt=self._unsynced)
+            self._db.put(command_id.encode(), entry.to_bytes())
         return entry
 
     def close(self) -> None:
